@@ -1,0 +1,251 @@
+/**
+ * bench:chat — the messaging path end to end on a 2-node cluster (real processes, NATS,
+ * PostgreSQL), with the load generator (this process: every WebSocket client) apart.
+ *
+ * (a) fan-out: one channel, MEMBERS sockets spread over the two nodes, one sender at a
+ *     rising rate (steps of STEP seconds). A step passes when every socket received
+ *     every message in seq order with no gap and p99 send→receive stays under 200 ms.
+ *     Reported: the highest passing rate as deliveries/s, its p99, and the CPU time the
+ *     server-side processes (both nodes, nats-server, PostgreSQL) spent per delivery.
+ * (b) ingest: CHANNELS channels, one sender socket each, closed loop: persisted
+ *     messages/s and p50/p99 ack latency; then every acknowledged message is checked in
+ *     PostgreSQL (lost).
+ *
+ * Usage: npm run bench:chat [-- --members 1000 --step 5 --channels 200 --seconds 10]
+ * Prints tables, then one JSON line.
+ */
+import { Effect, Layer, ManagedRuntime, Redacted } from "effect"
+import { performance } from "node:perf_hooks"
+import { cpuSecondsOf, pidsOf } from "./processCpu.ts"
+import { parseArgs } from "node:util"
+import pg from "pg"
+import WebSocket from "ws"
+import * as Tokens from "../src/auth/Tokens.ts"
+import * as Ids from "../src/domain/Ids.ts"
+import { Accounts } from "../src/store/Accounts.ts"
+import * as AccountsStore from "../src/store/Accounts.ts"
+import * as Database from "../src/store/Database.ts"
+import { workspace } from "../test/support/chat.ts"
+import { startCluster } from "../test/support/cluster.ts"
+import { postApi } from "../test/support/http.ts"
+import { waitConverged } from "../test/support/runtime.ts"
+import { percentile, printTable } from "./report.ts"
+
+const { values } = parseArgs({
+  options: {
+    members: { type: "string", default: "1000" },
+    step: { type: "string", default: "5" },
+    rates: { type: "string", default: "25,50,100,150,200,300,400" },
+    channels: { type: "string", default: "200" },
+    seconds: { type: "string", default: "10" }
+  }
+})
+const MEMBERS = Number(values.members)
+const STEP = Number(values.step)
+const RATES = values.rates!.split(",").map(Number)
+const CHANNELS = Number(values.channels)
+const SECONDS = Number(values.seconds)
+
+// ---- server CPU from /proc ---------------------------------------------------
+
+
+// ---- cluster and members -----------------------------------------------------
+
+const cluster = await startCluster({
+  nodes: 2,
+  env: { CHORUS_LOG_LEVEL: "WARN", CHORUS_RATE_LIMITS: "off", CHORUS_SHARDS: "64", CHORUS_DB_POOL: "16" }
+})
+const serverPids = () => [...cluster.nodes.map((n) => n.pid!).filter(Boolean), ...pidsOf("nats-server"), ...pidsOf("postgres")]
+const serverCpu = () => serverPids().reduce((sum, pid) => sum + cpuSecondsOf(pid), 0)
+
+const sockets: Array<WebSocket> = []
+try {
+  const urls = cluster.nodes.map((n) => n.url)
+  await waitConverged(urls[0]!, cluster.operatorToken, ["node-1", "node-2"])
+  const { team, users } = await workspace(urls[0]!, [])
+  const owner = users["owner"]!
+
+  // Members straight into the store: 1,000 signups would spend minutes in scrypt.
+  const store = ManagedRuntime.make(
+    AccountsStore.layer.pipe(Layer.provide(Database.layer({ url: Redacted.make(cluster.databaseUrl), maxConnections: 4, applicationName: "bench" })))
+  )
+  const members: Array<{ id: string; token: string }> = []
+  for (let i = 0; i < MEMBERS; i++) {
+    const id = Ids.make("U")
+    const email = `member${i}-${id.toLowerCase()}@bench.test`
+    const token = Tokens.generate("user")
+    await store.runPromise(Effect.gen(function*() {
+      const accounts = yield* Accounts
+      yield* accounts.invite({ teamId: team.id, email, role: "member", invitedBy: owner.id })
+      yield* accounts.signup({
+        account: { id, email, name: `Member ${i}`, handle: `member${i}`, passwordHash: "disabled" },
+        token: { id: token.id, hash: token.hash, userId: id, teamId: team.id, kind: "user", appId: undefined, botId: undefined, scopes: undefined }
+      })
+    }))
+    members.push({ id, token: token.secret })
+  }
+  await store.dispose()
+
+  const fanout = (await postApi(urls[0]!, "conversations.create", { name: "fanout" }, owner.token))["channel"] as { id: string }
+  for (let i = 0; i < members.length; i += 500) {
+    const answer = await postApi(urls[0]!, "conversations.invite", { channel: fanout.id, users: members.slice(i, i + 500).map((m) => m.id).join(",") }, owner.token)
+    if (!answer.ok) throw new Error(`invite failed: ${JSON.stringify(answer)}`)
+  }
+
+  // ---- sockets ---------------------------------------------------------------
+
+  interface Receiver { lastSeq: number; count: number; broken: boolean }
+  const receivers: Array<Receiver> = []
+  let latencies: Array<number> = []
+  const open = async (token: string, node: number, onFrame: (text: string) => void) => {
+    const answer = await postApi(urls[node]!, "rtm.connect", {}, token)
+    if (!answer.ok) throw new Error(`rtm.connect: ${JSON.stringify(answer)}`)
+    const ws = new WebSocket(answer["url"] as string)
+    sockets.push(ws)
+    await new Promise<void>((resolve, reject) => {
+      ws.once("error", reject)
+      ws.on("message", (data) => {
+        const text = String(data)
+        if (text === '{"type":"hello"}') return resolve()
+        onFrame(text)
+      })
+    })
+    return ws
+  }
+  const seqPattern = /"seq":(\d+)/
+  const sentPattern = /fan (\d+(?:\.\d+)?)/
+  for (let i = 0; i < members.length; i++) {
+    const receiver: Receiver = { lastSeq: -1, count: 0, broken: false }
+    receivers.push(receiver)
+    await open(members[i]!.token, i % 2, (text) => {
+      if (!text.includes(fanout.id) || !text.includes('"type":"message"')) return
+      const seq = Number(seqPattern.exec(text)?.[1] ?? NaN)
+      const sent = Number(sentPattern.exec(text)?.[1] ?? NaN)
+      if (Number.isNaN(sent)) return
+      if (receiver.lastSeq >= 0 && seq !== receiver.lastSeq + 1) receiver.broken = true
+      receiver.lastSeq = seq
+      receiver.count++
+      latencies.push(performance.timeOrigin + performance.now() - sent)
+    })
+  }
+  const replies = new Map<number, (frame: string) => void>()
+  const sender = await open(owner.token, 0, (text) => {
+    const m = /"reply_to":(\d+)/.exec(text)
+    if (m !== null) {
+      replies.get(Number(m[1]))?.(text)
+      replies.delete(Number(m[1]))
+    }
+  })
+  let frameId = 1
+
+  // ---- (a) fan-out -------------------------------------------------------------
+
+  const steps: Array<{ rate: number; sent: number; deliveries: number; expected: number; p99: number; inOrder: boolean; cpuUsPerDelivery: number; pass: boolean }> = []
+  for (const rate of RATES) {
+    latencies = []
+    for (const r of receivers) {
+      r.count = 0
+      r.broken = false
+    }
+    const cpuBefore = serverCpu()
+    const start = performance.now()
+    const total = rate * STEP
+    let sent = 0
+    const acks: Array<Promise<string>> = []
+    while (sent < total) {
+      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate))
+      for (; sent < due; sent++) {
+        const id = frameId++
+        acks.push(new Promise((resolve) => replies.set(id, resolve)))
+        sender.send(JSON.stringify({ id, type: "message", channel: fanout.id, text: `fan ${performance.timeOrigin + performance.now()}` }))
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2))
+    }
+    await Promise.race([Promise.all(acks), new Promise((resolve) => setTimeout(resolve, 10_000))])
+    // Let the last deliveries land.
+    const deadline = performance.now() + 5_000
+    while (performance.now() < deadline && receivers.some((r) => r.count < total)) await new Promise((resolve) => setTimeout(resolve, 50))
+    const cpu = serverCpu() - cpuBefore
+    const deliveries = receivers.reduce((n, r) => n + r.count, 0)
+    const expected = total * receivers.length
+    const p99 = percentile(latencies, 99)
+    const inOrder = receivers.every((r) => !r.broken)
+    const pass = deliveries === expected && inOrder && p99 < 200
+    steps.push({ rate, sent: total, deliveries, expected, p99, inOrder, cpuUsPerDelivery: (cpu * 1e6) / Math.max(1, deliveries), pass })
+    console.log(`fan-out ${rate} msg/s: ${deliveries}/${expected} delivered, p99 ${p99.toFixed(1)} ms, in order ${inOrder}, ${((cpu * 1e6) / Math.max(1, deliveries)).toFixed(2)} µs server CPU/delivery`)
+    if (!pass) break
+  }
+  const best = [...steps].reverse().find((s) => s.pass)
+
+  // ---- (b) ingest ----------------------------------------------------------------
+
+  const ingestChannels: Array<{ id: string; ws: WebSocket; replies: Map<number, (t: string) => void> }> = []
+  for (let i = 0; i < CHANNELS; i++) {
+    const member = members[i % members.length]!
+    const channel = (await postApi(urls[i % 2]!, "conversations.create", { name: `ingest-${i}` }, member.token))["channel"] as { id: string }
+    const pending = new Map<number, (t: string) => void>()
+    const ws = await open(member.token, i % 2, (text) => {
+      const m = /"reply_to":(\d+)/.exec(text)
+      if (m !== null) {
+        pending.get(Number(m[1]))?.(text)
+        pending.delete(Number(m[1]))
+      }
+    })
+    ingestChannels.push({ id: channel.id, ws, replies: pending })
+  }
+  const ackLatencies: Array<number> = []
+  const acked: Array<string> = []
+  let ingestErrors = 0
+  const ingestEnd = performance.now() + SECONDS * 1000
+  const ingestStart = performance.now()
+  await Promise.all(ingestChannels.map(async (c, ci) => {
+    for (let n = 0; performance.now() < ingestEnd; n++) {
+      const id = frameId++
+      const clientMsgId = `ingest-${ci}-${n}`
+      const t0 = performance.now()
+      const reply = await new Promise<string>((resolve) => {
+        c.replies.set(id, resolve)
+        c.ws.send(JSON.stringify({ id, type: "message", channel: c.id, text: `ingest ${n}`, client_msg_id: clientMsgId }))
+      })
+      if (reply.includes('"ok":true')) {
+        ackLatencies.push(performance.now() - t0)
+        acked.push(clientMsgId)
+      } else {
+        ingestErrors++
+      }
+    }
+  }))
+  const ingestSeconds = (performance.now() - ingestStart) / 1000
+  const db = new pg.Client({ connectionString: cluster.databaseUrl })
+  await db.connect()
+  const stored = new Set((await db.query<{ client_msg_id: string }>("SELECT client_msg_id FROM messages WHERE client_msg_id LIKE 'ingest-%'")).rows.map((r) => r.client_msg_id))
+  await db.end()
+  const lost = acked.filter((id) => !stored.has(id)).length
+
+  printTable(
+    `bench:chat (a) fan-out — 1 channel, ${receivers.length} member sockets over 2 nodes, ${STEP} s per step`,
+    ["msg/s", "deliveries/s", "delivered", "expected", "in order", "p99 ms", "server µs/delivery", "pass"],
+    steps.map((s) => [s.rate, s.rate * receivers.length, s.deliveries, s.expected, s.inOrder, s.p99, s.cpuUsPerDelivery, s.pass])
+  )
+  printTable(
+    `bench:chat (b) ingest — ${CHANNELS} channels, one closed-loop sender socket each, ${SECONDS} s`,
+    ["persisted msg/s", "p50 ms", "p99 ms", "errors", "lost"],
+    [[acked.length / ingestSeconds, percentile(ackLatencies, 50), percentile(ackLatencies, 99), ingestErrors, lost]]
+  )
+  const round = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? null : Math.round(n * 100) / 100)
+  console.log(JSON.stringify({
+    bench: "chat",
+    fanout_members: receivers.length,
+    fanout_msgs_per_s: best?.rate ?? 0,
+    fanout_deliveries_per_s: (best?.rate ?? 0) * receivers.length,
+    fanout_p99_ms: round(best?.p99),
+    fanout_server_cpu_us_per_delivery: round(best?.cpuUsPerDelivery),
+    ingest_msgs_per_s: round(acked.length / ingestSeconds),
+    ingest_p50_ms: round(percentile(ackLatencies, 50)),
+    ingest_p99_ms: round(percentile(ackLatencies, 99)),
+    lost
+  }))
+} finally {
+  for (const ws of sockets) ws.terminate()
+  await cluster.stopAll()
+}

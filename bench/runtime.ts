@@ -1,0 +1,148 @@
+/**
+ * bench:runtime — round trips through a real 3-node cluster (three node processes,
+ * NATS, PostgreSQL), from a load generator in this separate process, to probe-counter
+ * actors spread over every shard (one per shard).
+ *
+ * The runtime round trip (the issue's target) uses `Get`: sender → mailbox (durable:
+ * JetStream stream and the shard's consumer, acked after the handler; volatile: core
+ * NATS request) → owner → actor → reply. The persisted round trip uses `Increment`,
+ * which the actor group-commits to PostgreSQL before replying.
+ *
+ * Phases: a fixed offered rate (open loop: latency is measured from the moment each
+ * command was due, so a stall counts in full) and saturation (closed loop).
+ *
+ * Usage: npm run bench:runtime [-- --rate 5000 --seconds 10 --concurrency 256]
+ * Prints a table, then one JSON line.
+ */
+import { Effect } from "effect"
+import { performance } from "node:perf_hooks"
+import { parseArgs } from "node:util"
+import { Counter, Get, Increment } from "../src/actors/Counter.ts"
+import { ShardingClient } from "../src/runtime/ShardingClient.ts"
+import { startCluster } from "../test/support/cluster.ts"
+import { counterPerShard, runtimeClient, waitConverged } from "../test/support/runtime.ts"
+import { natsUrl } from "../test/support/services.ts"
+import { percentile, printTable } from "./report.ts"
+
+const { values } = parseArgs({
+  options: {
+    rate: { type: "string", default: "5000" },
+    seconds: { type: "string", default: "10" },
+    concurrency: { type: "string", default: "256" },
+    shards: { type: "string", default: "128" },
+    "persisted-rate": { type: "string", default: "1000" }
+  }
+})
+const rate = Number(values.rate)
+const seconds = Number(values.seconds)
+const concurrency = Number(values.concurrency)
+const shards = Number(values.shards)
+
+const cluster = await startCluster({
+  nodes: 3,
+  env: { CHORUS_SHARDS: String(shards), CHORUS_DB_POOL: "12", CHORUS_LOG_LEVEL: "WARN" }
+})
+const client = await runtimeClient({ natsUrl: natsUrl(), cluster: cluster.name, shards })
+try {
+  await waitConverged(cluster.nodes[0]!.url, cluster.operatorToken, ["node-1", "node-2", "node-3"])
+  const counters = counterPerShard(shards, "bench")
+  type Kind = "get" | "increment"
+  const send = (i: number, delivery: "durable" | "volatile", kind: Kind = "get") =>
+    client.run(ShardingClient.pipe(Effect.flatMap((c) =>
+      kind === "get"
+        ? Effect.asVoid(c.send(Counter, counters[i % counters.length]!, new Get(), { delivery }))
+        : Effect.asVoid(c.send(Counter, counters[i % counters.length]!, new Increment({ amount: 1 }), { delivery }))
+    )))
+  // Warm up: activate every actor on its owner.
+  await Promise.all(counters.map((_, i) => send(i, "volatile")))
+
+  /** Open loop at `rate`/s for `seconds`: each command is due at a fixed time. */
+  const openLoop = async (delivery: "durable" | "volatile", kind: Kind = "get", offered = rate) => {
+    const total = Math.round(offered * seconds)
+    const latencies: Array<number> = []
+    let errors = 0
+    const inflight: Array<Promise<void>> = []
+    const start = performance.now()
+    let sent = 0
+    while (sent < total) {
+      const now = performance.now()
+      const due = Math.min(total, Math.floor(((now - start) / 1000) * offered))
+      for (; sent < due; sent++) {
+        const dueAt = start + (sent / offered) * 1000
+        const i = sent
+        inflight.push(send(i, delivery, kind).then(() => void latencies.push(performance.now() - dueAt), (error: unknown) => {
+          if (errors++ === 0) console.error(`first ${delivery} ${kind} error: ${String(error).slice(0, 300)}`)
+        }))
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1))
+    }
+    await Promise.all(inflight)
+    const elapsed = (performance.now() - start) / 1000
+    return { delivery, offered, achieved: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors }
+  }
+
+  /** Closed loop with `concurrency` senders: the most the cluster sustains. */
+  const saturation = async (delivery: "durable" | "volatile", kind: Kind = "get") => {
+    const latencies: Array<number> = []
+    let errors = 0
+    let next = 0
+    const end = performance.now() + seconds * 1000
+    const worker = async () => {
+      while (performance.now() < end) {
+        const t0 = performance.now()
+        await send(next++, delivery, kind).then(() => void latencies.push(performance.now() - t0), () => void errors++)
+      }
+    }
+    const start = performance.now()
+    await Promise.all(Array.from({ length: concurrency }, worker))
+    const elapsed = (performance.now() - start) / 1000
+    return { delivery, perSecond: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors }
+  }
+
+  const durable = await openLoop("durable")
+  const volatile = await openLoop("volatile")
+  const satDurable = await saturation("durable")
+  const satVolatile = await saturation("volatile")
+  const persistedRate = Number(values["persisted-rate"])
+  const persisted = await openLoop("volatile", "increment", persistedRate)
+  const satPersisted = await saturation("volatile", "increment")
+
+  printTable(
+    `bench:runtime — 3 nodes, ${shards} shards, ${counters.length} actors (Get: runtime round trip; Increment: persisted in PostgreSQL)`,
+    ["phase", "delivery", "offered/s", "achieved/s", "p50 ms", "p99 ms", "errors"],
+    [
+      ["fixed rate", "durable", durable.offered, durable.achieved, durable.p50, durable.p99, durable.errors],
+      ["fixed rate", "volatile", volatile.offered, volatile.achieved, volatile.p50, volatile.p99, volatile.errors],
+      [`saturation (${concurrency} senders)`, "durable", "-", satDurable.perSecond, satDurable.p50, satDurable.p99, satDurable.errors],
+      [`saturation (${concurrency} senders)`, "volatile", "-", satVolatile.perSecond, satVolatile.p50, satVolatile.p99, satVolatile.errors],
+      ["persisted, fixed rate", "volatile", persisted.offered, persisted.achieved, persisted.p50, persisted.p99, persisted.errors],
+      [`persisted, saturation`, "volatile", "-", satPersisted.perSecond, satPersisted.p50, satPersisted.p99, satPersisted.errors]
+    ]
+  )
+  console.log(JSON.stringify({
+    bench: "runtime",
+    nodes: 3,
+    shards,
+    offered_per_s: rate,
+    achieved_per_s: round(durable.achieved),
+    p50_ms: round(durable.p50),
+    p99_ms: round(durable.p99),
+    max_per_s: round(satDurable.perSecond),
+    volatile_achieved_per_s: round(volatile.achieved),
+    volatile_p50_ms: round(volatile.p50),
+    volatile_p99_ms: round(volatile.p99),
+    volatile_max_per_s: round(satVolatile.perSecond),
+    persisted_offered_per_s: persistedRate,
+    persisted_p50_ms: round(persisted.p50),
+    persisted_p99_ms: round(persisted.p99),
+    persisted_max_per_s: round(satPersisted.perSecond),
+    errors: durable.errors + volatile.errors + satDurable.errors + satVolatile.errors + persisted.errors + satPersisted.errors
+  }))
+} finally {
+  await client.close()
+  await cluster.stopAll()
+}
+
+function round(n: number) {
+  return Math.round(n * 100) / 100
+}

@@ -1,0 +1,247 @@
+/**
+ * Sends messages to actors from any process with a NATS connection (a node, a
+ * gateway, a benchmark's load generator). The sender needs no ring: it addresses the
+ * shard's subject, and whichever node holds that shard's lease answers.
+ *
+ * - volatile: core NATS request to `<cluster>.req.<shard>`; on no responder (the shard
+ *   is moving), a timeout or a "retry" answer, it retries with the same command id
+ *   and jittered backoff until `requestDeadline`.
+ * - durable: JetStream publish to `<cluster>.cmd.<shard>` with the command id as
+ *   `Nats-Msg-Id` (the stream drops duplicates), then waits for the owner's reply on
+ *   this client's inbox. The publish ack means the command is stored: it will be
+ *   applied even if every owner dies before it is, and the reply comes from whichever
+ *   owner applies it. A retry that the stream reports as a duplicate asks the owner
+ *   over the volatile path instead (the first send's reply went to the first sender).
+ */
+import { createInbox, NoRespondersError, RequestError, TimeoutError } from "@nats-io/transport-node"
+import type { Msg } from "@nats-io/transport-node"
+import { Context, Deferred, Duration, Effect, Either, Exit, Layer, Option } from "effect"
+import type { Schema } from "effect"
+import { randomUUID } from "node:crypto"
+import { performance } from "node:perf_hooks"
+import { ChorusConfig } from "../config/ChorusConfig.ts"
+import { Nats, NatsError } from "../transport/Nats.ts"
+import { ActorAddress } from "./ActorAddress.ts"
+import type { Entity, FailureOf, SuccessOf } from "./Entity.ts"
+import * as Envelope from "./Envelope.ts"
+import { shardOf } from "./Ring.ts"
+import type { DeliveryError } from "./RuntimeErrors.ts"
+import { DeliveryTimeout, MalformedMessage } from "./RuntimeErrors.ts"
+import type { RuntimeMetricsShape } from "./RuntimeMetrics.ts"
+
+export interface SendOptions {
+  /** Idempotency key; a retry of the same logical command must reuse it. Default: random. */
+  readonly commandId?: string
+  /** Overrides the entity's delivery mode for this message. */
+  readonly delivery?: "durable" | "volatile"
+}
+
+export interface ShardingClientShape {
+  /** Sends and waits for the reply: success only once the effect is committed. */
+  readonly send: <Req extends Schema.TaggedRequest.All>(
+    entity: Entity<Req>,
+    id: string,
+    message: Req,
+    options?: SendOptions
+  ) => Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError>
+  /** Stores a durable command and returns once JetStream has it; no reply awaited. */
+  readonly tell: <Req extends Schema.TaggedRequest.All>(
+    entity: Entity<Req>,
+    id: string,
+    message: Req,
+    options?: { readonly commandId?: string }
+  ) => Effect.Effect<void, DeliveryError | NatsError>
+  readonly shardOf: (address: ActorAddress) => number
+}
+
+export class ShardingClient extends Context.Tag("chorus/runtime/ShardingClient")<ShardingClient, ShardingClientShape>() {}
+
+const sleepJittered = (attempt: number) =>
+  Effect.sleep(Duration.millis(Math.min(500, 20 * 2 ** Math.min(attempt, 5)) * (0.5 + Math.random())))
+
+export const make = (metrics?: RuntimeMetricsShape) =>
+  Effect.gen(function*() {
+    const config = yield* ChorusConfig
+    const nats = yield* Nats
+    const timeoutMs = Duration.toMillis(config.requestTimeout)
+    const deadlineMs = Duration.toMillis(config.requestDeadline)
+
+    // One inbox subscription for all durable replies of this client.
+    const inbox = createInbox()
+    const pending = new Map<string, (reply: Envelope.ReplyEnvelope) => void>()
+    const inboxSub = nats.nc.subscribe(`${inbox}.*`, {
+      callback: (error, msg: Msg) => {
+        if (error !== null) return
+        const reply = Envelope.decodeReply(msg.data)
+        if (Either.isRight(reply)) pending.get(msg.subject.slice(inbox.length + 1))?.(reply.right)
+      }
+    })
+    yield* Effect.addFinalizer(() => Effect.sync(() => inboxSub.unsubscribe()))
+    let nextToken = 0
+
+    const addressShard = (address: ActorAddress) => shardOf(String(address), config.shards)
+
+    const decodeAnswer = <Req extends Schema.TaggedRequest.All>(
+      address: string,
+      message: Req,
+      reply: Envelope.ReplyEnvelope
+    ): Effect.Effect<Option.Option<SuccessOf<Req>>, FailureOf<Req> | DeliveryError> => {
+      if ("exit" in reply) {
+        const exit = Envelope.decodeExit(message, reply.exit)
+        if (Either.isLeft(exit)) return Effect.fail(new MalformedMessage({ address, reason: `undecodable reply: ${exit.left}` }))
+        return Effect.map(exit.right as Exit.Exit<SuccessOf<Req>, FailureOf<Req>>, Option.some)
+      }
+      const error = reply.error
+      if (typeof error === "object" && error !== null && "_tag" in error && error._tag === "Retry") {
+        return Effect.succeed(Option.none())
+      }
+      const decoded = Envelope.decodeRuntimeError(error)
+      return Either.isRight(decoded)
+        ? Effect.fail(decoded.right)
+        : Effect.fail(new MalformedMessage({ address, reason: "undecodable runtime error" }))
+    }
+
+    const encode = <Req extends Schema.TaggedRequest.All>(entity: Entity<Req>, address: ActorAddress, message: Req) =>
+      Either.mapLeft(entity.encode(message), (reason) => new MalformedMessage({ address: String(address), reason }))
+
+    const sendVolatile = <Req extends Schema.TaggedRequest.All>(
+      entity: Entity<Req>,
+      address: ActorAddress,
+      message: Req,
+      commandId: string,
+      firstSentAt: number = Date.now()
+    ): Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError> =>
+      Effect.gen(function*() {
+        const msg = yield* encode(entity, address, message)
+        const subject = nats.names.requestSubject(addressShard(address))
+        const started = performance.now()
+        // One logical command, one send time: retries keep the first attempt's, which
+        // owners use to tell commands a previous owner may have applied.
+        const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, t: firstSentAt })
+        for (let attempt = 0;; attempt++) {
+          const answer = yield* Effect.tryPromise({
+            try: () => nats.nc.request(subject, data, { timeout: timeoutMs }),
+            catch: (error) => error
+          }).pipe(Effect.either)
+          if (Either.isRight(answer)) {
+            const reply = Envelope.decodeReply(answer.right.data)
+            if (Either.isLeft(reply)) return yield* new MalformedMessage({ address: String(address), reason: reply.left })
+            const result = yield* decodeAnswer(String(address), message, reply.right)
+            if (Option.isSome(result)) {
+              metrics?.sendSeconds.observe({ delivery: "volatile" }, (performance.now() - started) / 1000)
+              return result.value
+            }
+          } else if (!isRetryable(answer.left)) {
+            return yield* Effect.die(answer.left)
+          }
+          const waited = performance.now() - started
+          if (waited > deadlineMs) {
+            return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(waited) })
+          }
+          yield* sleepJittered(attempt)
+        }
+      })
+
+    const publishDurable = (
+      address: ActorAddress,
+      data: Uint8Array,
+      commandId: string,
+      started: number
+    ): Effect.Effect<{ readonly duplicate: boolean }, DeliveryTimeout> =>
+      Effect.gen(function*() {
+        const subject = nats.names.commandSubject(addressShard(address))
+        for (let attempt = 0;; attempt++) {
+          const published = yield* Effect.tryPromise({
+            try: () => nats.js.publish(subject, data, { msgID: commandId, timeout: timeoutMs }),
+            catch: (cause) => new NatsError({ operation: "publish command", cause })
+          }).pipe(Effect.either)
+          if (Either.isRight(published)) return { duplicate: published.right.duplicate }
+          const waited = performance.now() - started
+          if (waited > deadlineMs) return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(waited) })
+          yield* Effect.logDebug("command publish failed; retrying", { address: String(address), error: published.left.message })
+          yield* sleepJittered(attempt)
+        }
+      })
+
+    const sendDurable = <Req extends Schema.TaggedRequest.All>(
+      entity: Entity<Req>,
+      address: ActorAddress,
+      message: Req,
+      commandId: string
+    ): Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError> =>
+      Effect.gen(function*() {
+        const msg = yield* encode(entity, address, message)
+        const token = String(nextToken++)
+        const started = performance.now()
+        const answered = yield* Deferred.make<Envelope.ReplyEnvelope>()
+        return yield* Effect.gen(function*() {
+          pending.set(token, (reply) => {
+            // "Retry" answers concern volatile senders; a durable command stays queued.
+            if ("error" in reply && typeof reply.error === "object" && reply.error !== null && "_tag" in reply.error && reply.error._tag === "Retry") return
+            Deferred.unsafeDone(answered, Exit.succeed(reply))
+          })
+          const sentAt = Date.now()
+          const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, reply: `${inbox}.${token}`, t: sentAt })
+          const { duplicate } = yield* publishDurable(address, data, commandId, started)
+          if (duplicate) {
+            // A retry of a command the stream already has: its reply goes to the first
+            // sender. Ask the owner directly; the handler is idempotent on the id, so
+            // this answers with the command's outcome without applying it twice.
+            return yield* sendVolatile(entity, address, message, commandId, sentAt)
+          }
+          // The reply may be lost (sent while this client was disconnected). After
+          // each requestTimeout without one, publish again: the stream reports the
+          // duplicate, and the owner is asked directly (idempotently) for the outcome.
+          // Re-asks back off (requestTimeout, then twice that, …): under overload a
+          // fixed interval would multiply the load that caused the delay.
+          let reply: Envelope.ReplyEnvelope | undefined
+          let wait = timeoutMs
+          while (reply === undefined) {
+            const remaining = deadlineMs - (performance.now() - started)
+            if (remaining <= 0) {
+              return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(performance.now() - started) })
+            }
+            const waited = yield* Deferred.await(answered).pipe(Effect.timeout(Duration.millis(Math.min(remaining, wait))), Effect.option)
+            wait *= 2
+            if (Option.isSome(waited)) {
+              reply = waited.value
+            } else if (deadlineMs - (performance.now() - started) > 0) {
+              const again = yield* publishDurable(address, data, commandId, started)
+              if (again.duplicate) return yield* sendVolatile(entity, address, message, commandId, sentAt)
+            }
+          }
+          const result = yield* decodeAnswer(String(address), message, reply)
+          if (Option.isNone(result)) return yield* Effect.die(new Error("unreachable: retry answer for a durable command"))
+          metrics?.sendSeconds.observe({ delivery: "durable" }, (performance.now() - started) / 1000)
+          return result.value
+        }).pipe(Effect.ensuring(Effect.sync(() => pending.delete(token))))
+      })
+
+    const send: ShardingClientShape["send"] = (entity, id, message, options) => {
+      const address = new ActorAddress({ type: entity.type, id })
+      const commandId = options?.commandId ?? randomUUID()
+      const delivery = options?.delivery ?? entity.delivery(message._tag)
+      return delivery === "durable"
+        ? sendDurable(entity, address, message, commandId)
+        : sendVolatile(entity, address, message, commandId)
+    }
+
+    const tell: ShardingClientShape["tell"] = (entity, id, message, options) =>
+      Effect.gen(function*() {
+        const address = new ActorAddress({ type: entity.type, id })
+        const commandId = options?.commandId ?? randomUUID()
+        const msg = yield* encode(entity, address, message)
+        const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, t: Date.now() })
+        yield* publishDurable(address, data, commandId, performance.now())
+      })
+
+    return { send, tell, shardOf: addressShard } satisfies ShardingClientShape
+  })
+
+const isRetryable = (error: unknown): boolean =>
+  error instanceof TimeoutError || error instanceof NoRespondersError ||
+  (error instanceof RequestError && (error.isNoResponders() || error.cause instanceof TimeoutError)) ||
+  // Disconnected during a NATS restart: the client reconnects by itself.
+  (error instanceof Error && /disconnect|closed|reconnect|timeout/i.test(error.message))
+
+export const layer = (metrics?: RuntimeMetricsShape) => Layer.scoped(ShardingClient, make(metrics))

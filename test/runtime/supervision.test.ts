@@ -1,0 +1,153 @@
+/**
+ * Supervision, on a real (in-process) runtime node with real NATS and PostgreSQL: a
+ * defect restarts the actor with backoff and the message is retried; past the restart
+ * limit the message goes to the dead-letter stream and its sender gets ActorFailed;
+ * an idle actor is passivated and comes back on its next message; a bad message is
+ * answered with an error and takes nothing down.
+ */
+import { Duration, Effect, Exit, Layer, Logger, LogLevel, ManagedRuntime, Redacted, Schema } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as ChorusConfig from "../../src/config/ChorusConfig.ts"
+import * as Behaviour from "../../src/runtime/Behaviour.ts"
+import * as Entity from "../../src/runtime/Entity.ts"
+import * as Envelope from "../../src/runtime/Envelope.ts"
+import * as GroupCommit from "../../src/runtime/GroupCommit.ts"
+import * as Membership from "../../src/runtime/Membership.ts"
+import * as RuntimeMetrics from "../../src/runtime/RuntimeMetrics.ts"
+import * as Sharding from "../../src/runtime/Sharding.ts"
+import { ShardingClient } from "../../src/runtime/ShardingClient.ts"
+import * as ShardingClientModule from "../../src/runtime/ShardingClient.ts"
+import * as Database from "../../src/store/Database.ts"
+import * as Nats from "../../src/transport/Nats.ts"
+import { deleteNatsFootprint } from "../support/cluster.ts"
+import type { FreshDatabase } from "../support/services.ts"
+import { freshDatabase, natsUrl, uniqueCluster } from "../support/services.ts"
+
+class Flaky extends Schema.TaggedRequest<Flaky>()("Flaky", {
+  failure: Schema.Never,
+  success: Schema.Struct({ attempts: Schema.Number }),
+  payload: { key: Schema.String, failTimes: Schema.Int }
+}) {}
+class Touch extends Schema.TaggedRequest<Touch>()("Touch", {
+  failure: Schema.Never,
+  success: Schema.Struct({ activations: Schema.Number }),
+  payload: {}
+}) {}
+
+const Faulty = Entity.make("faulty", [Flaky, Touch], { Flaky: "volatile", Touch: "volatile" })
+
+// What the actor went through, seen from outside it (it is restarted in between).
+const attempts = new Map<string, number>()
+const activations = new Map<string, number>()
+
+const faulty = Behaviour.sequential({
+  entity: Faulty,
+  init: (ctx) =>
+    Effect.sync(() => {
+      activations.set(ctx.address.id, (activations.get(ctx.address.id) ?? 0) + 1)
+      return {}
+    }),
+  handlers: {
+    Flaky: (_ctx, state, message) =>
+      Effect.suspend(() => {
+        const n = (attempts.get(message.key) ?? 0) + 1
+        attempts.set(message.key, n)
+        return n <= message.failTimes
+          ? Effect.die(new Error(`deliberate defect ${n} of ${message.failTimes}`))
+          : Effect.succeed([state, { attempts: n }] as const)
+      }),
+    Touch: (ctx, state) => Effect.succeed([state, { activations: activations.get(ctx.address.id) ?? 0 }] as const)
+  }
+})
+
+let db: FreshDatabase
+let cluster: string
+let runtime: ManagedRuntime.ManagedRuntime<ShardingClient | Nats.Nats | RuntimeMetrics.RuntimeMetrics | Sharding.Sharding, unknown>
+
+beforeAll(async () => {
+  db = await freshDatabase()
+  cluster = uniqueCluster()
+  const config = ChorusConfig.layer({
+    nodeId: "solo",
+    cluster,
+    natsUrl: natsUrl(),
+    databaseUrl: Redacted.make(db.url),
+    shards: 8,
+    maxRestarts: 2,
+    restartWindow: Duration.seconds(30),
+    passivateAfter: Duration.millis(300),
+    requestDeadline: Duration.seconds(20)
+  })
+  const infra = Layer.mergeAll(
+    Nats.layer({ servers: natsUrl(), cluster, name: "solo", provision: true }),
+    Database.layer({ url: Redacted.make(db.url), maxConnections: 4, applicationName: "supervision test" }),
+    RuntimeMetrics.layer("solo")
+  )
+  const node = Layer.unwrapEffect(
+    Effect.gen(function*() {
+      yield* Database.migrate
+      return Sharding.layer([yield* Behaviour.toRunnable(faulty)])
+    })
+  ).pipe(Layer.provideMerge(Membership.layer), Layer.provideMerge(GroupCommit.layer()))
+  const layer = ShardingClientModule.layer().pipe(
+    Layer.provideMerge(node),
+    Layer.provideMerge(infra),
+    Layer.provideMerge(config),
+    // The deliberate defects log errors by design; keep the test output readable.
+    Layer.provide(Logger.minimumLogLevel(LogLevel.None))
+  )
+  runtime = ManagedRuntime.make(layer)
+  await runtime.runPromise(Sharding.waitUntilServing(8, "20 seconds"))
+})
+
+afterAll(async () => {
+  await runtime?.dispose()
+  await deleteNatsFootprint(natsUrl(), cluster)
+  await db?.drop()
+})
+
+const send = <A>(effect: (client: ShardingClient["Type"]) => Effect.Effect<A, unknown>) =>
+  runtime.runPromiseExit(Effect.flatMap(ShardingClient, effect))
+
+describe("supervision", () => {
+  it("restarts an actor after a defect and retries the message", async () => {
+    const exit = await send((c) => c.send(Faulty, "a", new Flaky({ key: "twice", failTimes: 2 })))
+    expect(exit).toEqual(Exit.succeed({ attempts: 3 }))
+    // Each restart re-ran init: one activation plus two restarts.
+    expect(activations.get("a")).toBe(3)
+    const metrics = await runtime.runPromise(RuntimeMetrics.render)
+    expect(metrics).toMatch(/chorus_actor_restarts_total\{type="faulty",node="solo"\} 2/)
+  })
+
+  it("past the restart limit, dead-letters the message, answers ActorFailed, and keeps serving", async () => {
+    const exit = await send((c) => c.send(Faulty, "b", new Flaky({ key: "always", failTimes: 1_000 })))
+    expect(Exit.isFailure(exit)).toBe(true)
+    expect(JSON.stringify(exit)).toContain("ActorFailed")
+    const dead = await runtime.runPromise(Effect.flatMap(Nats.Nats, (nats) =>
+      nats.call("dead letters", () => nats.jsm.streams.getMessage(nats.names.deadLettersStream, { last_by_subj: nats.names.deadLetterSubject("faulty") }))
+    ))
+    const envelope = Envelope.decodeRequest(dead!.data)
+    expect(envelope._tag === "Right" ? envelope.right.to : undefined).toBe("faulty/b")
+    expect(dead!.header.get("Chorus-Reason")).toContain("deliberate defect")
+    // The same actor answers the next message.
+    expect(await send((c) => c.send(Faulty, "b", new Touch()))).toMatchObject({ _tag: "Success" })
+  })
+
+  it("passivates an idle actor and activates it again on its next message", async () => {
+    const first = await send((c) => c.send(Faulty, "c", new Touch()))
+    expect(first).toEqual(Exit.succeed({ activations: 1 }))
+    await new Promise((resolve) => setTimeout(resolve, 1_000))
+    const second = await send((c) => c.send(Faulty, "c", new Touch()))
+    expect(second).toEqual(Exit.succeed({ activations: 2 }))
+  })
+
+  it("answers a malformed message with an error and stays up", async () => {
+    const reply = await runtime.runPromise(Effect.flatMap(Nats.Nats, (nats) =>
+      nats.call("raw request", () =>
+        nats.nc.request(nats.names.requestSubject(0), new TextEncoder().encode(JSON.stringify({ id: "x", to: "faulty/zz", msg: { _tag: "Nope" }, t: Date.now() })), { timeout: 5_000 })
+      )
+    ))
+    expect(new TextDecoder().decode(reply.data)).toContain("MalformedMessage")
+    expect(await send((c) => c.send(Faulty, "d", new Touch()))).toMatchObject({ _tag: "Success" })
+  })
+})
