@@ -724,6 +724,7 @@ const run = Effect.gen(function*() {
           signal
         })).attempt,
       (appId, reason) => {
+        metrics.paused.set(deliveries.pausedCount())
         runFork(
           store.pause(appId, reason).pipe(
             Effect.zipRight(Effect.logWarning("app paused: its endpoint keeps failing", { app: appId, reason })),

@@ -286,7 +286,12 @@ describe("Events API delivery", () => {
       await sleep(250)
     }
     expect(info["app"].delivery).toMatchObject({ status: "paused", paused_reason: expect.any(String) })
-    const metrics = await (await fetch(`${url}/metrics`)).text()
+    // The gauge is refreshed with the figures (every second), so it may trail apps.info.
+    let metrics = ""
+    for (let tries = 0; tries < 40 && !/chorus_apps_paused\{[^}]*\} [1-9]/.test(metrics); tries++) {
+      if (tries > 0) await sleep(250)
+      metrics = await (await fetch(`${url}/metrics`)).text()
+    }
     expect(metrics).toMatch(/chorus_apps_paused\{[^}]*\} [1-9]/)
     // No more attempts once paused.
     const count = app.events().length
