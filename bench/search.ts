@@ -16,7 +16,7 @@
  *    in the index (polled every 20 ms; directly in search_documents for PostgreSQL,
  *    through search.messages for Typesense).
  *
- * Usage: npm run bench:search [-- --messages 1000000 --queries 300 --rate 100 --seconds 20]
+ * Usage: npm run bench:search [-- --messages 1000000 --queries 300 --rate 100 --seconds 20 --database URL]
  * Prints a table, then one JSON line.
  */
 import { spawn } from "node:child_process"
@@ -33,7 +33,9 @@ const { values } = parseArgs({
     messages: { type: "string", default: "1000000" },
     queries: { type: "string", default: "300" },
     rate: { type: "string", default: "100" },
-    seconds: { type: "string", default: "20" }
+    seconds: { type: "string", default: "20" },
+    // Keep the data for a look afterwards: this database (created beforehand) is used and not dropped.
+    database: { type: "string" }
   }
 })
 const messageCount = Number(values.messages)
@@ -73,7 +75,13 @@ const phase = (name: string) => console.error(`[bench:search] ${name} (${((perfo
 
 const cluster = await startCluster({
   nodes: 1,
-  env: { CHORUS_SHARDS: "32", CHORUS_RATE_LIMITS: "off", CHORUS_LOG_LEVEL: "WARN", CHORUS_DB_POOL: "12" }
+  env: {
+    CHORUS_SHARDS: "32",
+    CHORUS_RATE_LIMITS: "off",
+    CHORUS_LOG_LEVEL: "WARN",
+    CHORUS_DB_POOL: "12",
+    ...(values.database === undefined ? {} : { DATABASE_URL: values.database })
+  }
 })
 const db = new pg.Client({ connectionString: cluster.databaseUrl })
 await db.connect()
