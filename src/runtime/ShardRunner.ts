@@ -13,14 +13,14 @@ import type { JsMsg } from "@nats-io/jetstream"
 import type { Msg, Subscription } from "@nats-io/transport-node"
 import { headers as natsHeaders } from "@nats-io/transport-node"
 import { SqlClient } from "@effect/sql"
-import { Cause, Deferred, Duration, Effect, Either, Exit, Fiber, Option, Queue, Runtime, Schedule } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Either, Exit, Fiber, Option, Runtime, Schedule } from "effect"
 import type { Schema, Scope } from "effect"
 import { performance } from "node:perf_hooks"
 import type { ChorusConfigShape } from "../config/ChorusConfig.ts"
 import type { NatsShape } from "../transport/Nats.ts"
 import { consumerDefaults } from "../transport/Nats.ts"
 import * as ActorAddress from "./ActorAddress.ts"
-import type { ActorContext, Incoming, RunnableBehaviour } from "./Behaviour.ts"
+import type { ActorContext, ActorInfraError, Incoming, RunnableBehaviour } from "./Behaviour.ts"
 import type { Delivery } from "./Entity.ts"
 import * as Envelope from "./Envelope.ts"
 import type { Lease } from "./ShardLeases.ts"
@@ -66,9 +66,24 @@ interface Item {
 
 interface ActorInstance {
   readonly address: ActorAddress.ActorAddress
-  readonly queue: Queue.Queue<Item>
-  fiber: Fiber.RuntimeFiber<void, never> | undefined
+  readonly key: string
+  readonly behaviour: RunnableBehaviour
+  readonly ctx: ActorContext
+  /** Waiting messages, oldest first; at most `mailboxCapacity`. */
+  readonly mailbox: Array<Item>
+  state: unknown
+  /** `init` has run since activation or the last restart. */
+  alive: boolean
+  /** A batch (or `init`) is in flight. */
+  running: boolean
   closed: boolean
+  idleTimer: ReturnType<typeof setTimeout> | undefined
+  /** When recent restarts happened (performance.now()), within `restartWindow`. */
+  readonly restarts: Array<number>
+  /** Durable intake waiting for room in a full mailbox. */
+  readonly spaceWaiters: Array<() => void>
+  /** Waiting for the batch in flight to end (stop). */
+  readonly idleWaiters: Array<() => void>
 }
 
 const retryReply = (id: string) => Envelope.encodeReply({ id, error: { _tag: "Retry" } })
@@ -155,122 +170,205 @@ export const start = (
       )
 
     // ---- one actor ---------------------------------------------------------------
+    //
+    // An actor is a mailbox (a plain array) and at most one batch in flight. The hot
+    // path is plain code: intake pushes and, if the actor is idle, starts a batch; the
+    // batch is one fiber running `receive` in the behaviour's runtime; its callback
+    // settles the replies and starts the next batch. Effect's retry schedules,
+    // restarts and dead letters are entered only when a batch fails.
 
     const transient = Schedule.exponential("50 millis", 2).pipe(
       Schedule.jittered,
       Schedule.union(Schedule.spaced("2 seconds")),
       Schedule.upTo(config.requestDeadline)
     )
+    const notFenced = (e: { readonly _tag: string }) => e._tag !== "FencedOut"
+    /** The first attempt runs bare; a failure other than `FencedOut` retries on `transient`. */
+    const withRetry = <A>(effect: Effect.Effect<A, ActorInfraError>): Effect.Effect<A, ActorInfraError> =>
+      Effect.catchAll(effect, (error) =>
+        notFenced(error) ? Effect.retry(effect, { schedule: transient, while: notFenced }) : Effect.fail(error))
 
-    const runActor = (instance: ActorInstance, behaviour: RunnableBehaviour): Effect.Effect<void> =>
-      Effect.gen(function*() {
-        const ctx = contextFor(instance.address)
-        const address = String(instance.address)
-        const restarts: Array<number> = []
-        const init = behaviour.init(ctx).pipe(
-          Effect.retry({ schedule: transient, while: (e) => e._tag !== "FencedOut" })
-        )
-        let state = yield* init
-        metrics.actorsAlive.inc({ type: behaviour.type })
-        yield* Effect.addFinalizer(() => Effect.sync(() => metrics.actorsAlive.dec({ type: behaviour.type })))
+    // One runtime per behaviour: the node's, plus the services the behaviour captured.
+    const runners = new Map<string, ReturnType<typeof Runtime.runCallback<never>>>()
+    const runnerOf = (behaviour: RunnableBehaviour) => {
+      let run = runners.get(behaviour.type)
+      if (run === undefined) {
+        run = Runtime.runCallback(Runtime.make({
+          context: Context.merge(runtime.context, behaviour.context),
+          fiberRefs: runtime.fiberRefs,
+          runtimeFlags: runtime.runtimeFlags
+        }))
+        runners.set(behaviour.type, run)
+      }
+      return run
+    }
 
-        while (true) {
-          const taken = yield* Queue.takeBetween(instance.queue, 1, config.maxBatch).pipe(
-            Effect.timeout(config.passivateAfter),
-            Effect.option
-          )
-          if (Option.isNone(taken)) {
-            // Passivate only if nothing arrived meanwhile; dispatch offers synchronously,
-            // so this check and the removal cannot interleave with an offer.
-            if (instance.queue.unsafeSize().pipe(Option.getOrElse(() => 0)) === 0) {
-              instance.closed = true
-              actors.delete(address)
-              return
+    const passivateAfterMs = Duration.toMillis(config.passivateAfter)
+
+    /** Removes the actor; what is still queued is answered "retry" (volatile) or left for redelivery (durable). */
+    const close = (instance: ActorInstance) => {
+      if (instance.closed && !actors.has(instance.key)) return
+      instance.closed = true
+      if (actors.get(instance.key) === instance) actors.delete(instance.key)
+      if (instance.idleTimer !== undefined) clearTimeout(instance.idleTimer)
+      if (instance.alive) {
+        instance.alive = false
+        metrics.actorsAlive.dec({ type: instance.behaviour.type })
+      }
+      const rest = instance.mailbox.splice(0)
+      for (const item of rest) if (item.delivery === "volatile") item.respond(retryReply(item.envelope.id))
+      for (const wake of instance.spaceWaiters.splice(0)) wake()
+    }
+
+    const armPassivation = (instance: ActorInstance) => {
+      if (instance.idleTimer === undefined) {
+        instance.idleTimer = setTimeout(() => {
+          // Only if nothing arrived meanwhile: intake starts a batch synchronously, so
+          // an actor with mail is always running.
+          if (!instance.running && instance.mailbox.length === 0) close(instance)
+        }, passivateAfterMs)
+        instance.idleTimer.unref()
+      } else {
+        instance.idleTimer.refresh()
+      }
+    }
+
+    const batchDone = (instance: ActorInstance) => {
+      instance.running = false
+      for (const wake of instance.idleWaiters.splice(0)) wake()
+      pump(instance)
+    }
+
+    /** Starts the next batch if the actor is idle and has mail. */
+    const pump = (instance: ActorInstance): void => {
+      if (instance.running) return
+      if (instance.closed) {
+        close(instance)
+        return
+      }
+      if (instance.mailbox.length === 0) {
+        armPassivation(instance)
+        return
+      }
+      instance.running = true
+      const run = runnerOf(instance.behaviour)
+      if (!instance.alive) {
+        run(withRetry(instance.behaviour.init(instance.ctx)), {
+          onExit: (exit) => {
+            if (Exit.isSuccess(exit)) {
+              instance.state = exit.value
+              instance.alive = true
+              metrics.actorsAlive.inc({ type: instance.behaviour.type })
+              batchDone(instance)
+            } else {
+              actorStopped(instance, exit.cause)
             }
-            continue
           }
-          const items = [...taken.value]
-          const batch = items.map((i) => i.incoming) as unknown as Parameters<RunnableBehaviour["receive"]>[2]
-          metrics.batchSize.observe({ type: behaviour.type }, items.length)
-          const outcome = yield* Effect.uninterruptible(behaviour.receive(ctx, state, batch)).pipe(
-            Effect.retry({ schedule: transient, while: (e) => e._tag !== "FencedOut" }),
-            Effect.exit
-          )
-          if (Exit.isSuccess(outcome)) {
-            state = outcome.value
+        })
+        return
+      }
+      const items = instance.mailbox.length <= config.maxBatch ? instance.mailbox.splice(0) : instance.mailbox.splice(0, config.maxBatch)
+      for (const wake of instance.spaceWaiters.splice(0)) wake()
+      const batch = items.map((i) => i.incoming) as unknown as Parameters<RunnableBehaviour["receive"]>[2]
+      metrics.batchSize.observe({ type: instance.behaviour.type }, items.length)
+      run(Effect.uninterruptible(withRetry(instance.behaviour.receive(instance.ctx, instance.state, batch))), {
+        onExit: (exit) => {
+          if (Exit.isSuccess(exit)) {
+            instance.state = exit.value
+            const type = instance.behaviour.type
             const now = Date.now()
             for (const item of items) {
               settle(item)
-              metrics.processingSeconds.observe({ type: behaviour.type }, Math.max(0, now - item.incoming.sentAt) / 1000)
-              metrics.messages.inc({ type: behaviour.type, delivery: item.delivery, outcome: item.result?._tag === "Success" ? "ok" : "error" })
+              metrics.processingSeconds.observe({ type }, Math.max(0, now - item.incoming.sentAt) / 1000)
+              metrics.messages.inc({ type, delivery: item.delivery, outcome: item.result?._tag === "Success" ? "ok" : "error" })
             }
             handled += items.length
-            continue
-          }
-          const failure = Cause.failureOption(outcome.cause)
-          if (Option.isSome(failure) && failure.value._tag === "FencedOut") {
-            // The shard is no longer ours: nothing is acked; senders retry elsewhere.
-            for (const item of items) item.respond(retryReply(item.envelope.id))
-            yield* Deferred.succeed(fenced, failure.value)
-            return
-          }
-          // A defect, or a transient failure that outlasted its retries.
-          const reason = Cause.pretty(outcome.cause).slice(0, 2000)
-          const now = performance.now()
-          restarts.push(now)
-          while (restarts.length > 0 && now - (restarts[0] ?? now) > Duration.toMillis(config.restartWindow)) restarts.shift()
-          metrics.restarts.inc({ type: behaviour.type })
-          if (restarts.length > config.maxRestarts) {
-            yield* Effect.logError("actor failed past its restart limit; dead-lettering the batch", { actor: address, shard, reason })
-            yield* deadLetter(behaviour, items, reason)
-            failItems(items, new ActorFailed({ address, commandId: items[0]?.envelope.id ?? "", reason: reason.slice(0, 500) }), true)
-            restarts.length = 0
+            batchDone(instance)
           } else {
-            yield* Effect.logWarning("actor restarting after a failure", { actor: address, shard, attempt: restarts.length, reason })
-            // Put the batch back at the front: it is retried after the restart.
-            yield* Effect.sleep(Duration.millis(Math.min(5_000, 100 * 2 ** (restarts.length - 1))))
-            const rest = yield* Queue.takeAll(instance.queue)
-            yield* Queue.offerAll(instance.queue, [...items, ...rest])
+            run(recover(instance, items, exit.cause), { onExit: () => batchDone(instance) })
           }
-          state = yield* init
         }
-      }).pipe(
-        Effect.catchAllCause((cause) =>
-          Cause.isInterruptedOnly(cause)
-            ? Effect.void
-            : Effect.gen(function*() {
-              const failure = Cause.failureOption(cause)
-              if (Option.isSome(failure) && failure.value._tag === "FencedOut") {
-                yield* Deferred.succeed(fenced, failure.value)
-              } else {
-                yield* Effect.logError("actor stopped", { actor: String(instance.address), shard, cause: Cause.pretty(cause) })
-              }
-              instance.closed = true
-              actors.delete(String(instance.address))
-              const left = instance.queue.unsafeSize().pipe(Option.getOrElse(() => 0))
-              if (left > 0) {
-                const rest = yield* Queue.takeAll(instance.queue)
-                for (const item of rest) item.respond(retryReply(item.envelope.id))
-              }
-            })
-        ),
-        Effect.scoped,
-        Effect.annotateLogs({ actor: String(instance.address) })
-      )
+      })
+    }
 
-    const activate = (address: ActorAddress.ActorAddress, behaviour: RunnableBehaviour): ActorInstance => {
-      const key = String(address)
+    /** After a failed batch: stop on `FencedOut`; otherwise restart with backoff, or dead-letter past the limit. */
+    const recover = (instance: ActorInstance, items: ReadonlyArray<Item>, cause: Cause.Cause<ActorInfraError>): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        const address = instance.key
+        const failure = Cause.failureOption(cause)
+        if (Option.isSome(failure) && failure.value._tag === "FencedOut") {
+          // The shard is no longer ours: nothing is acked; senders retry elsewhere.
+          for (const item of items) item.respond(retryReply(item.envelope.id))
+          close(instance)
+          yield* Deferred.succeed(fenced, failure.value)
+          return
+        }
+        // A defect, or a transient failure that outlasted its retries.
+        const reason = Cause.pretty(cause).slice(0, 2000)
+        const now = performance.now()
+        const restarts = instance.restarts
+        restarts.push(now)
+        while (restarts.length > 0 && now - (restarts[0] ?? now) > Duration.toMillis(config.restartWindow)) restarts.shift()
+        metrics.restarts.inc({ type: instance.behaviour.type })
+        if (restarts.length > config.maxRestarts) {
+          yield* Effect.logError("actor failed past its restart limit; dead-lettering the batch", { actor: address, shard, reason })
+          yield* deadLetter(instance.behaviour, items, reason)
+          failItems(items, new ActorFailed({ address, commandId: items[0]?.envelope.id ?? "", reason: reason.slice(0, 500) }), true)
+          restarts.length = 0
+        } else {
+          yield* Effect.logWarning("actor restarting after a failure", { actor: address, shard, attempt: restarts.length, reason })
+          yield* Effect.sleep(Duration.millis(Math.min(5_000, 100 * 2 ** (restarts.length - 1))))
+          // Put the batch back at the front: it is retried after the restart.
+          instance.mailbox.unshift(...items)
+        }
+        // A fresh `init` before the next batch.
+        if (instance.alive) {
+          instance.alive = false
+          metrics.actorsAlive.dec({ type: instance.behaviour.type })
+        }
+      })
+
+    /** `init` failed for good: the actor is gone; its mail is answered "retry" or left for redelivery. */
+    const actorStopped = (instance: ActorInstance, cause: Cause.Cause<ActorInfraError>) => {
+      close(instance)
+      instance.running = false
+      for (const wake of instance.idleWaiters.splice(0)) wake()
+      const failure = Cause.failureOption(cause)
+      if (Option.isSome(failure) && failure.value._tag === "FencedOut") {
+        runFork(Deferred.succeed(fenced, failure.value))
+      } else if (!Cause.isInterruptedOnly(cause)) {
+        runFork(Effect.logError("actor stopped", { actor: instance.key, shard, cause: Cause.pretty(cause) }))
+      }
+    }
+
+    const activate = (address: ActorAddress.ActorAddress, key: string, behaviour: RunnableBehaviour): ActorInstance => {
       const existing = actors.get(key)
       if (existing !== undefined && !existing.closed) return existing
       const instance: ActorInstance = {
         address,
-        queue: Effect.runSync(Queue.bounded<Item>(config.mailboxCapacity)),
-        fiber: undefined,
-        closed: false
+        key,
+        behaviour,
+        ctx: contextFor(address),
+        mailbox: [],
+        state: undefined,
+        alive: false,
+        running: false,
+        closed: false,
+        idleTimer: undefined,
+        restarts: [],
+        spaceWaiters: [],
+        idleWaiters: []
       }
       actors.set(key, instance)
-      instance.fiber = runFork(runActor(instance, behaviour))
       return instance
+    }
+
+    /** Queues an item; false when the mailbox is full. */
+    const offer = (instance: ActorInstance, item: Item): boolean => {
+      if (instance.mailbox.length >= config.mailboxCapacity) return false
+      instance.mailbox.push(item)
+      pump(instance)
+      return true
     }
 
     // ---- intake ------------------------------------------------------------------
@@ -300,11 +398,16 @@ export const start = (
         respond,
         reply: Envelope.encodeReply({ id: env.id, error: Envelope.encodeRuntimeError(new MalformedMessage({ address: env.to, reason })) })
       })
-      const address = ActorAddress.parse(env.to)
-      if (Either.isLeft(address)) return bad(address.left.message)
-      const behaviour = deps.behaviours.get(address.right.type)
-      if (behaviour === undefined) return bad(`no behaviour for actor type ${address.right.type} on this node`)
-      const message = behaviour.entity.decode(env.msg)
+      // An active actor is found by the address as sent (keys are canonical addresses).
+      let instance = actors.get(env.to)
+      if (instance === undefined || instance.closed) {
+        const address = ActorAddress.parse(env.to)
+        if (Either.isLeft(address)) return bad(address.left.message)
+        const behaviour = deps.behaviours.get(address.right.type)
+        if (behaviour === undefined) return bad(`no behaviour for actor type ${address.right.type} on this node`)
+        instance = activate(address.right, String(address.right), behaviour)
+      }
+      const message = instance.behaviour.entity.decode(env.msg)
       if (Either.isLeft(message)) return bad(message.left)
       const item: Item = {
         envelope: env,
@@ -323,7 +426,7 @@ export const start = (
           }
         } as Incoming<Schema.TaggedRequest.All>
       }
-      return { _tag: "ok", instance: activate(address.right, behaviour), item }
+      return { _tag: "ok", instance, item }
     }
 
     // Volatile requests: answered over core NATS; a full mailbox answers at once.
@@ -339,7 +442,7 @@ export const start = (
         runFork(Effect.logWarning("malformed request", { shard, reason: decoded.reason }))
         return
       }
-      if (!decoded.instance.queue.unsafeOffer(decoded.item)) {
+      if (!offer(decoded.instance, decoded.item)) {
         failItems([decoded.item], new MailboxFull({ address: decoded.item.envelope.to }), false)
       }
     }
@@ -395,9 +498,12 @@ export const start = (
         runFork(Effect.logWarning("malformed command dead-lettered", { shard, reason: decoded.reason }))
         return
       }
-      if (!decoded.instance.queue.unsafeOffer(decoded.item)) {
-        // Back-pressure: hold this shard's intake until the actor makes room.
-        await Runtime.runPromise(runtime)(Queue.offer(decoded.instance.queue, decoded.item))
+      // Back-pressure: hold this shard's intake until the actor makes room.
+      let instance = decoded.instance
+      while (!offer(instance, decoded.item)) {
+        await new Promise<void>((resolve) => instance.spaceWaiters.push(resolve))
+        if (stopped) return // unacked: the next owner gets it
+        if (instance.closed) instance = activate(instance.address, instance.key, instance.behaviour)
       }
     }
 
@@ -428,13 +534,14 @@ export const start = (
       yield* Fiber.interrupt(consumerFiber)
       // In-flight batches finish (their processing is uninterruptible); what is still
       // queued is answered "retry" (volatile) or left unacked for the next owner.
-      yield* Effect.forEach([...actors.values()], (instance) =>
-        Effect.gen(function*() {
-          instance.closed = true
-          if (instance.fiber !== undefined) yield* Fiber.interrupt(instance.fiber)
-          const rest = yield* Queue.takeAll(instance.queue)
-          for (const item of rest) if (item.delivery === "volatile") item.respond(retryReply(item.envelope.id))
-        }), { concurrency: "unbounded", discard: true }).pipe(Effect.timeout(config.drainTimeout), Effect.ignore)
+      const all = [...actors.values()]
+      for (const instance of all) instance.closed = true
+      yield* Effect.forEach(
+        all.filter((instance) => instance.running),
+        (instance) => Effect.async<void>((resume) => void instance.idleWaiters.push(() => resume(Effect.void))),
+        { concurrency: "unbounded", discard: true }
+      ).pipe(Effect.timeout(config.drainTimeout), Effect.ignore)
+      for (const instance of all) close(instance)
       actors.clear()
       yield* log("shard stopped")
     })
@@ -449,7 +556,7 @@ export const start = (
       actorCount: () => actors.size,
       queuedMessages: () => {
         let n = 0
-        for (const a of actors.values()) n += a.queue.unsafeSize().pipe(Option.getOrElse(() => 0))
+        for (const a of actors.values()) n += a.mailbox.length
         return n
       },
       handled: () => handled

@@ -170,7 +170,10 @@ export const make = (options: NatsOptions) =>
           reconnectJitter: 100,
           pingInterval: 5_000,
           waitOnFirstConnect: true,
-          timeout: 5_000
+          timeout: 5_000,
+          // Async traces capture a stack (an Error) for every request, on the hot path of
+          // every volatile send; errors still name their subject and cause.
+          noAsyncTraces: true
         })
       ).pipe(Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 20 })),
       (nc) => call("drain", () => nc.drain()).pipe(Effect.ignoreLogged)

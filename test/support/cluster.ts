@@ -168,7 +168,9 @@ class NodeProcess implements ChorusNode {
     const fd = fs.openSync(this.logFile, "a")
     const env = { ...this.env, NODE_ID: this.id, PORT: String(this.port) }
     try {
-      this.child = spawn(process.execPath, ["--import", "tsx", this.entry], {
+      // CHORUS_NODE_FLAGS: extra Node flags for node processes (e.g. --cpu-prof, which NODE_OPTIONS refuses).
+      const flags = (process.env.CHORUS_NODE_FLAGS ?? "").split(" ").filter((f) => f.length > 0)
+      this.child = spawn(process.execPath, [...flags, "--import", "tsx", this.entry], {
         cwd: REPO_ROOT,
         env,
         stdio: ["ignore", fd, fd],
