@@ -15,7 +15,7 @@
  */
 import { createInbox, NoRespondersError, RequestError, TimeoutError } from "@nats-io/transport-node"
 import type { Msg } from "@nats-io/transport-node"
-import { Context, Deferred, Duration, Effect, Either, Exit, Layer, Option } from "effect"
+import { Context, Duration, Effect, Either, Exit, Layer, Option } from "effect"
 import type { Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import { performance } from "node:perf_hooks"
@@ -163,6 +163,9 @@ export const make = (metrics?: RuntimeMetricsShape) =>
         }
       })
 
+    const isRetryAnswer = (reply: Envelope.ReplyEnvelope) =>
+      "error" in reply && typeof reply.error === "object" && reply.error !== null && "_tag" in reply.error && reply.error._tag === "Retry"
+
     const sendDurable = <Req extends Schema.TaggedRequest.All>(
       entity: Entity<Req>,
       address: ActorAddress,
@@ -173,13 +176,35 @@ export const make = (metrics?: RuntimeMetricsShape) =>
         const msg = yield* encode(entity, address, message)
         const token = String(nextToken++)
         const started = performance.now()
-        const answered = yield* Deferred.make<Envelope.ReplyEnvelope>()
-        return yield* Effect.gen(function*() {
-          pending.set(token, (reply) => {
-            // "Retry" answers concern volatile senders; a durable command stays queued.
-            if ("error" in reply && typeof reply.error === "object" && reply.error !== null && "_tag" in reply.error && reply.error._tag === "Retry") return
-            Deferred.unsafeDone(answered, Exit.succeed(reply))
+        // The reply may come before anyone waits for it (right after the publish ack):
+        // it is kept until then. A plain callback and timer, not a Deferred raced
+        // against a timeout: this is every durable send's hot path.
+        let early: Envelope.ReplyEnvelope | undefined
+        let waiter: ((reply: Envelope.ReplyEnvelope) => void) | undefined
+        pending.set(token, (reply) => {
+          // "Retry" answers concern volatile senders; a durable command stays queued.
+          if (isRetryAnswer(reply)) return
+          if (waiter !== undefined) waiter(reply)
+          else early ??= reply
+        })
+        const awaitReply = (ms: number) =>
+          Effect.async<Envelope.ReplyEnvelope | undefined>((resume) => {
+            if (early !== undefined) return resume(Effect.succeed(early))
+            const timer = setTimeout(() => {
+              waiter = undefined
+              resume(Effect.succeed(undefined))
+            }, ms)
+            waiter = (reply) => {
+              waiter = undefined
+              clearTimeout(timer)
+              resume(Effect.succeed(reply))
+            }
+            return Effect.sync(() => {
+              waiter = undefined
+              clearTimeout(timer)
+            })
           })
+        return yield* Effect.gen(function*() {
           const sentAt = Date.now()
           const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, reply: `${inbox}.${token}`, t: sentAt })
           const { duplicate } = yield* publishDurable(address, data, commandId, started)
@@ -201,11 +226,9 @@ export const make = (metrics?: RuntimeMetricsShape) =>
             if (remaining <= 0) {
               return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(performance.now() - started) })
             }
-            const waited = yield* Deferred.await(answered).pipe(Effect.timeout(Duration.millis(Math.min(remaining, wait))), Effect.option)
+            reply = yield* awaitReply(Math.min(remaining, wait))
             wait *= 2
-            if (Option.isSome(waited)) {
-              reply = waited.value
-            } else if (deadlineMs - (performance.now() - started) > 0) {
+            if (reply === undefined && deadlineMs - (performance.now() - started) > 0) {
               const again = yield* publishDurable(address, data, commandId, started)
               if (again.duplicate) return yield* sendVolatile(entity, address, message, commandId, sentAt)
             }
