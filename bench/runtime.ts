@@ -11,7 +11,10 @@
  * Phases: a fixed offered rate (open loop: latency is measured from the moment each
  * command was due, so a stall counts in full) and saturation (closed loop).
  *
- * Usage: npm run bench:runtime [-- --rate 5000 --seconds 10 --concurrency 256]
+ * Before the phases, `--warmup` seconds of both kinds of traffic at the offered rate
+ * (not measured) let the JIT compile the hot paths of every process.
+ *
+ * Usage: npm run bench:runtime [-- --rate 5000 --seconds 10 --concurrency 256 --warmup 2]
  * Prints a table, then one JSON line.
  */
 import { Effect } from "effect"
@@ -30,11 +33,12 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "10" },
     concurrency: { type: "string", default: "256" },
     shards: { type: "string", default: "128" },
-    "persisted-rate": { type: "string", default: "1000" }
+    "persisted-rate": { type: "string", default: "1000" },
+    warmup: { type: "string", default: "2" }
   }
 })
 const rate = Number(values.rate)
-const seconds = Number(values.seconds)
+let seconds = Number(values.seconds)
 const concurrency = Number(values.concurrency)
 const shards = Number(values.shards)
 
@@ -97,6 +101,15 @@ try {
     await Promise.all(Array.from({ length: concurrency }, worker))
     const elapsed = (performance.now() - start) / 1000
     return { delivery, perSecond: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors }
+  }
+
+  const warmup = Number(values.warmup)
+  if (warmup > 0) {
+    const measured = seconds
+    seconds = warmup
+    await openLoop("volatile")
+    await openLoop("durable", "get", Math.min(rate, 2_000))
+    seconds = measured
   }
 
   const durable = await openLoop("durable")
