@@ -448,21 +448,21 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     }
 
     /** Writes live event `seq` to an attachment if it is exactly the next one. */
-    const deliverLive = (att: Attachment, seq: number, data: Bytes) => {
+    const deliverLive = (att: Attachment, seq: number, data: Bytes): boolean => {
       const conn = att.conn
-      if (!conn.live || att.detached || seq <= att.cursor) return
+      if (!conn.live || att.detached || seq <= att.cursor) return false
       if (att.until !== undefined && seq > att.until) {
         detach(att)
-        return
+        return false
       }
       if (seq !== att.cursor + 1) {
         ensureReplay(att)
-        return
+        return false
       }
-      if (!send(conn, data)) return
+      if (!send(conn, data)) return false
       att.cursor = seq
-      metrics.eventsDelivered.inc({ source: "live" })
       if (att.until === seq) detach(att)
+      return true
     }
 
     /** Catches an attachment up from `channel_events` to its feed's last seq, then lets live events through. */
@@ -712,7 +712,10 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
           if (!conn.closed && conn.team === feed.team) joined(conn, feed, seq)
         }
       }
-      for (const att of feed.members) deliverLive(att, seq, data)
+      // Counted once per event, not per socket: a label lookup per delivery was measurable.
+      let delivered = 0
+      for (const att of feed.members) if (deliverLive(att, seq, data)) delivered++
+      if (delivered > 0) metrics.eventsDelivered.inc({ source: "live" }, delivered)
       const leaver = leaverOf(event)
       if (leaver !== undefined) {
         for (const att of [...feed.members]) if (att.conn.user === leaver) endMembership(att, seq)
