@@ -253,7 +253,7 @@ export const start = (
       instance.running = true
       const run = runnerOf(instance.behaviour)
       if (!instance.alive) {
-        run(withRetry(instance.behaviour.init(instance.ctx)), {
+        run(withRetry(instance.behaviour.init(instance.ctx)).pipe(Effect.annotateLogs("actor", instance.key)), {
           onExit: (exit) => {
             if (Exit.isSuccess(exit)) {
               instance.state = exit.value
@@ -271,7 +271,8 @@ export const start = (
       for (const wake of instance.spaceWaiters.splice(0)) wake()
       const batch = items.map((i) => i.incoming) as unknown as Parameters<RunnableBehaviour["receive"]>[2]
       metrics.batchSize.observe({ type: instance.behaviour.type }, items.length)
-      run(Effect.uninterruptible(withRetry(instance.behaviour.receive(instance.ctx, instance.state, batch))), {
+      // Whatever the behaviour logs carries the actor's address.
+      run(Effect.uninterruptible(withRetry(instance.behaviour.receive(instance.ctx, instance.state, batch))).pipe(Effect.annotateLogs("actor", instance.key)), {
         onExit: (exit) => {
           if (Exit.isSuccess(exit)) {
             instance.state = exit.value
