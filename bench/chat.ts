@@ -148,6 +148,7 @@ try {
       r.broken = false
     }
     const cpuBefore = serverCpu()
+    const generatorBefore = process.cpuUsage()
     const start = performance.now()
     const total = rate * STEP
     let sent = 0
@@ -166,13 +167,15 @@ try {
     const deadline = performance.now() + 5_000
     while (performance.now() < deadline && receivers.some((r) => r.count < total)) await new Promise((resolve) => setTimeout(resolve, 50))
     const cpu = serverCpu() - cpuBefore
+    const generator = process.cpuUsage(generatorBefore)
+    const generatorCores = (generator.user + generator.system) / 1e6 / ((performance.now() - start) / 1000)
     const deliveries = receivers.reduce((n, r) => n + r.count, 0)
     const expected = total * receivers.length
     const p99 = percentile(latencies, 99)
     const inOrder = receivers.every((r) => !r.broken)
     const pass = deliveries === expected && inOrder && p99 < 200
     steps.push({ rate, sent: total, deliveries, expected, p99, inOrder, cpuUsPerDelivery: (cpu * 1e6) / Math.max(1, deliveries), pass })
-    console.log(`fan-out ${rate} msg/s: ${deliveries}/${expected} delivered, p99 ${p99.toFixed(1)} ms, in order ${inOrder}, ${((cpu * 1e6) / Math.max(1, deliveries)).toFixed(2)} µs server CPU/delivery`)
+    console.log(`fan-out ${rate} msg/s: ${deliveries}/${expected} delivered, p99 ${p99.toFixed(1)} ms, in order ${inOrder}, ${((cpu * 1e6) / Math.max(1, deliveries)).toFixed(2)} µs server CPU/delivery; load generator ${(100 * generatorCores).toFixed(0)}% of a core`)
     if (!pass) break
   }
   const best = [...steps].reverse().find((s) => s.pass)

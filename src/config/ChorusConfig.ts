@@ -134,6 +134,8 @@ export interface ChorusConfigShape {
   readonly typingInterval: Duration.Duration
   /** `user_typing` is not fanned out in channels with more members than this. Default 1,000. */
   readonly typingMaxMembers: number
+  /** A socket written to within this long holds its next event frames up to this long, to write them together (0: never). Default 25 ms. */
+  readonly gatewayCoalesce: Duration.Duration
   /** Rate limits on (`CHORUS_RATE_LIMITS=on`, the default) or off (benchmarks, load tests). */
   readonly rateLimits: boolean
   /**
@@ -228,6 +230,7 @@ export const defaults = {
   presenceAwayAfterMs: 600_000,
   typingIntervalMs: 3_000,
   typingMaxMembers: 1_000,
+  gatewayCoalesceMs: 25,
   rateLimitTiers: "1,20,50,100",
   rateLimitMinBurst: 5,
   postRate: 1,
@@ -242,6 +245,14 @@ const ms = (name: string, fallback: number, description: string) =>
   Config.integer(name).pipe(
     Config.withDefault(fallback),
     Config.validate({ message: `${name} must be a positive number of milliseconds`, validation: (n) => n > 0 }),
+    Config.map(Duration.millis),
+    Config.withDescription(description)
+  )
+
+const msOrZero = (name: string, fallback: number, description: string) =>
+  Config.integer(name).pipe(
+    Config.withDefault(fallback),
+    Config.validate({ message: `${name} must be 0 or a positive number of milliseconds`, validation: (n) => n >= 0 }),
     Config.map(Duration.millis),
     Config.withDescription(description)
   )
@@ -361,6 +372,7 @@ export const config: Config.Config<ChorusConfigShape> = Config.all({
   presenceAwayAfter: ms("CHORUS_AWAY_AFTER_MS", defaults.presenceAwayAfterMs, "Idle time after which a connected user is away"),
   typingInterval: ms("CHORUS_TYPING_INTERVAL_MS", defaults.typingIntervalMs, "Least time between two user_typing of a user in a channel"),
   typingMaxMembers: positiveInt("CHORUS_TYPING_MAX_MEMBERS", defaults.typingMaxMembers, "Channels above this many members get no user_typing"),
+  gatewayCoalesce: msOrZero("CHORUS_GATEWAY_COALESCE_MS", defaults.gatewayCoalesceMs, "Longest a busy socket's event frames wait to be written together"),
   rateLimits: Config.literal("on", "off")("CHORUS_RATE_LIMITS").pipe(
     Config.withDefault("on" as const),
     Config.map((v) => v === "on"),

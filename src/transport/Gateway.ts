@@ -101,6 +101,13 @@ export interface GatewayOptions {
   readonly typingInterval: Duration.DurationInput
   /** `user_typing` is not fanned out in channels with more members than this. Default 1,000. */
   readonly typingMaxMembers: number
+  /**
+   * Write coalescing: a socket written to less than this long ago holds its next event
+   * frames (up to this long) and writes them together, one system call for several;
+   * a quiet socket is written at once, and replies to the client's own frames are
+   * never held. 0 writes every frame at once. Default 25 ms.
+   */
+  readonly coalesceWrites: Duration.DurationInput
 }
 
 export const defaults: GatewayOptions = {
@@ -114,7 +121,8 @@ export const defaults: GatewayOptions = {
   slowConsumerGrace: "10 seconds",
   closeGrace: "2 seconds",
   typingInterval: "3 seconds",
-  typingMaxMembers: 1_000
+  typingMaxMembers: 1_000,
+  coalesceWrites: "25 millis"
 }
 
 /** The path the gateway serves on the API's port. */
@@ -217,6 +225,10 @@ interface Conn {
   presence: PresenceSubscriber | undefined
   /** Settles when the connection is set up (memberships read, `hello` sent) or gave up. */
   setup: Promise<void>
+  /** When frames were last written out (performance.now()), for write coalescing. */
+  lastWrite: number
+  /** Its socket is corked: frames wait for the next coalescing flush. */
+  corked: boolean
 }
 
 interface Attachment {
@@ -296,6 +308,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     const graceMs = Duration.toMillis(o.slowConsumerGrace)
     const closeGraceMs = Duration.toMillis(o.closeGrace)
     const typingMs = Duration.toMillis(o.typingInterval)
+    const coalesceMs = Duration.toMillis(o.coalesceWrites)
 
     const nats = yield* Nats
     const sql = yield* SqlClient.SqlClient
@@ -386,16 +399,63 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       closeConn(conn, Protocol.CloseCodes.resync, "resync")
     }
 
-    /** Writes a text frame; false (and the socket closed) when it is a slow consumer or gone. */
-    const send = (conn: Conn, data: Bytes): boolean => {
+    // ---- write coalescing -----------------------------------------------------------
+    //
+    // Socket writes were half of a gateway's CPU under fan-out: one system call per
+    // frame per socket. A socket that was written to within `coalesceWrites` is corked
+    // instead, and every corked socket is uncorked by one timer: the frames that queued
+    // meanwhile go out in one write. `ws` corks around each frame itself; the count
+    // nests, so its uncork does not flush ours. Closing a socket flushes it (end uncorks).
+
+    const corked = new Set<Conn>()
+    let flushTimer: ReturnType<typeof setTimeout> | undefined
+    /** The connection's TCP socket (`ws` keeps it as `_socket`); undefined if it has none. */
+    const socketOf = (conn: Conn): Duplex | undefined => (conn.ws as unknown as { readonly _socket?: Duplex })._socket
+    const uncork = (conn: Conn, now: number) => {
+      conn.corked = false
+      conn.lastWrite = now
+      corked.delete(conn)
+      socketOf(conn)?.uncork()
+    }
+    const flushCorked = () => {
+      flushTimer = undefined
+      const now = performance.now()
+      for (const conn of corked) uncork(conn, now)
+    }
+
+    /**
+     * Writes a text frame; false (and the socket closed) when it is a slow consumer or
+     * gone. `urgent` frames (replies to the client) are written at once, with whatever
+     * is held before them.
+     */
+    const send = (conn: Conn, data: Bytes, urgent = false): boolean => {
       if (conn.closed) return false
       if (conn.ws.bufferedAmount > o.maxBufferedBytes) {
         slowConsumer(conn)
         return false
       }
+      if (coalesceMs > 0 && !conn.corked && !urgent) {
+        const now = performance.now()
+        const socket = now - conn.lastWrite < coalesceMs ? socketOf(conn) : undefined
+        if (socket !== undefined) {
+          socket.cork()
+          conn.corked = true
+          corked.add(conn)
+          flushTimer ??= setTimeout(flushCorked, coalesceMs)
+        } else {
+          conn.lastWrite = now
+        }
+      }
       conn.ws.send(data, { binary: false })
+      if (urgent) {
+        const now = performance.now()
+        if (conn.corked) uncork(conn, now)
+        else conn.lastWrite = now
+      }
       return true
     }
+    /** A reply to the client's own frame: never held back. */
+    const reply = (conn: Conn, data: Bytes): boolean => send(conn, data, true)
 
     /** Waits until the socket's buffer is below a quarter of the bound; false if it does not drain in time. */
     const drained = async (conn: Conn): Promise<boolean> => {
@@ -830,6 +890,8 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         ws,
         attachments: new Map(),
         lastSeen: Date.now(),
+        lastWrite: Number.NEGATIVE_INFINITY,
+        corked: false,
         live: false,
         closed: false,
         userBacklog: [],
@@ -891,7 +953,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         const channel = Protocol.channelOf(event)
         if (channel !== undefined && typeof event["type"] === "string" && leaveTypes.has(event["type"])) applyLeave(conn, channel, event)
       }
-      if (!send(conn, Protocol.hello)) return
+      if (!reply(conn, Protocol.hello)) return
       if (hold) conn.holdTimer = setTimeout(() => goLive(conn), holdMs)
       else goLive(conn)
       for (const [data, event] of backlog) queueUserEvent(conn, data, event)
@@ -922,19 +984,19 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
           log(LogLevel.Warning, "socket flooding; closing it", connFields(conn))
           closeConn(conn, Protocol.CloseCodes.flood, "rate_limited")
         } else {
-          send(conn, Protocol.errorEvent("ratelimited", "too many frames; slow down"))
+          reply(conn, Protocol.errorEvent("ratelimited", "too many frames; slow down"))
         }
         return
       }
       if (isBinary) {
         metrics.framesReceived.inc({ type: "invalid", outcome: "error" })
-        send(conn, Protocol.errorEvent("invalid_frame", "frames must be text (JSON)"))
+        reply(conn, Protocol.errorEvent("invalid_frame", "frames must be text (JSON)"))
         return
       }
       const parsed = Protocol.parseClientFrame(rawText(data))
       if (!parsed.ok) {
         metrics.framesReceived.inc({ type: "invalid", outcome: "error" })
-        send(conn, Protocol.frameError(parsed.error))
+        reply(conn, Protocol.frameError(parsed.error))
         return
       }
       const frame = parsed.frame
@@ -942,15 +1004,15 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       if (frame.type !== "ping") edge?.activity(conn.user)
       switch (frame.type) {
         case "ping":
-          send(conn, Protocol.pong(frame.id, frame.extra))
+          reply(conn, Protocol.pong(frame.id, frame.extra))
           return
         case "message":
           if (conn.pendingMessages >= o.maxPendingMessages) {
-            send(conn, Protocol.replyError(frame.id, "ratelimited", "too many messages waiting on this socket"))
+            reply(conn, Protocol.replyError(frame.id, "ratelimited", "too many messages waiting on this socket"))
             return
           }
           if (limiter !== undefined && !limiter.checkPost(conn.tokenId, frame.channel).ok) {
-            send(conn, Protocol.replyError(frame.id, "ratelimited", "posting too fast in this channel"))
+            reply(conn, Protocol.replyError(frame.id, "ratelimited", "posting too fast in this channel"))
             return
           }
           conn.pendingMessages++
@@ -966,22 +1028,22 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         case "resume":
           void resume(conn, frame).catch((error: unknown) => {
             log(LogLevel.Error, "resume failed", { ...connFields(conn), error: String(error) })
-            send(conn, Protocol.replyError(frame.id, "internal_error", "resume failed; reconnect and resume again"))
+            reply(conn, Protocol.replyError(frame.id, "internal_error", "resume failed; reconnect and resume again"))
           })
           return
         case "presence_sub": {
           if (edge === undefined) {
-            if (frame.id !== undefined) send(conn, Protocol.replyOk(frame.id))
+            if (frame.id !== undefined) reply(conn, Protocol.replyOk(frame.id))
             return
           }
           const subscriber = conn.presence ?? { send: (text: string) => void send(conn, text) }
           conn.presence = subscriber
           // The current presence of the users comes first (as presence_change), then the reply.
           void edge.subscribe(subscriber, frame.ids).then(() => {
-            if (frame.id !== undefined) send(conn, Protocol.replyOk(frame.id))
+            if (frame.id !== undefined) reply(conn, Protocol.replyOk(frame.id))
           }, (error: unknown) => {
             log(LogLevel.Warning, "presence subscription failed", { ...connFields(conn), error: String(error) })
-            if (frame.id !== undefined) send(conn, Protocol.replyError(frame.id, "internal_error", "presence is unavailable; subscribe again"))
+            if (frame.id !== undefined) reply(conn, Protocol.replyError(frame.id, "internal_error", "presence is unavailable; subscribe again"))
           })
           return
         }
@@ -1005,23 +1067,23 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         )
       )
       if (Either.isRight(outcome)) {
-        send(conn, Protocol.replyOk(frame.id, { ts: outcome.right.ts, seq: outcome.right.seq, channel: frame.channel, text: frame.text }))
+        reply(conn, Protocol.replyOk(frame.id, { ts: outcome.right.ts, seq: outcome.right.seq, channel: frame.channel, text: frame.text }))
         return
       }
       const error = outcome.left
       switch (error._tag) {
         case "ChannelError":
-          send(conn, Protocol.replyError(frame.id, error.code, error.code))
+          reply(conn, Protocol.replyError(frame.id, error.code, error.code))
           return
         case "DeliveryTimeout":
-          send(conn, Protocol.replyError(frame.id, "timeout", "no answer in time; retry with the same client_msg_id"))
+          reply(conn, Protocol.replyError(frame.id, "timeout", "no answer in time; retry with the same client_msg_id"))
           return
         case "MailboxFull":
-          send(conn, Protocol.replyError(frame.id, "ratelimited", "the channel is busy; retry"))
+          reply(conn, Protocol.replyError(frame.id, "ratelimited", "the channel is busy; retry"))
           return
         default:
           log(LogLevel.Error, "message post failed", { ...connFields(conn), channel: frame.channel, error: String("defect" in error ? error.defect : error) })
-          send(conn, Protocol.replyError(frame.id, "internal_error", "the message could not be posted"))
+          reply(conn, Protocol.replyError(frame.id, "internal_error", "the message could not be posted"))
       }
     }
 
@@ -1046,10 +1108,10 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     const typing = (conn: Conn, frame: Protocol.TypingFrame) => {
       const att = conn.attachments.get(frame.channel)
       if (att === undefined || att.until !== undefined) {
-        if (frame.id !== undefined) send(conn, Protocol.replyError(frame.id, "channel_not_found", "not a channel of yours"))
+        if (frame.id !== undefined) reply(conn, Protocol.replyError(frame.id, "channel_not_found", "not a channel of yours"))
         return
       }
-      if (frame.id !== undefined) send(conn, Protocol.replyOk(frame.id))
+      if (frame.id !== undefined) reply(conn, Protocol.replyOk(frame.id))
       const key = `${frame.channel}\u0000${conn.user}`
       const now = Date.now()
       if (now - (typingSent.get(key) ?? 0) < typingMs) return
@@ -1099,7 +1161,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       else for (const att of resumed) ensureReplay(att)
       await caughtUp(resumed)
       if (conn.closed) return
-      send(conn, Protocol.replyOk(frame.id, { channels: results }))
+      reply(conn, Protocol.replyOk(frame.id, { channels: results }))
     }
 
     // ---- upgrades ---------------------------------------------------------------------
@@ -1144,6 +1206,8 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         closing = true
         if (upgradeRoutes.get(server) === onUpgrade) upgradeRoutes.delete(server)
         clearInterval(sweep)
+        if (flushTimer !== undefined) clearTimeout(flushTimer)
+        flushCorked()
         const all = [...conns.values()]
         if (all.length > 0) log(LogLevel.Info, "gateway closing: goodbye to every socket", { sockets: all.length })
         const closed = all.map((conn) =>

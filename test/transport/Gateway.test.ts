@@ -522,3 +522,31 @@ describe("shutdown", () => {
     })).rejects.toThrow()
   })
 })
+
+describe("write coalescing", () => {
+  it("holds a busy socket's event frames and writes them, in order, with the next reply to the client", async () => {
+    // A window long enough that only the reply can have flushed the held frames.
+    const held = await startGatewayNode({ databaseUrl: db.url, cluster, gateway: { coalesceWrites: "60 seconds" } })
+    try {
+      const a = user()
+      const channel = await channelWith([a])
+      const socket = await held.connect(a, team) // `hello` was just written: the socket is busy
+      const said = await node.say(channel, a, 3)
+      const last = said[said.length - 1]!["seq"] as number
+      // The node has the events (its feed is at the last seq); the socket has none yet.
+      for (let i = 0; i < 100 && (await held.feed(channel))?.lastSeq !== last; i++) await sleep(20)
+      expect((await held.feed(channel))?.lastSeq).toBe(last)
+      expect(socket.seqs(channel)).toEqual([])
+      // A reply is never held, and the frames held before it go out first.
+      socket.send({ id: 9, type: "ping" })
+      await socket.next((f) => f["type"] === "pong")
+      expect(socket.seqs(channel)).toEqual(said.map((e) => e["seq"]))
+      const pongAt = socket.frames.findIndex((f) => f["type"] === "pong")
+      const lastEventAt = socket.frames.findIndex((f) => f["seq"] === last)
+      expect(lastEventAt).toBeLessThan(pongAt)
+      socket.close()
+    } finally {
+      await held.close()
+    }
+  })
+})
