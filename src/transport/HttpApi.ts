@@ -120,7 +120,9 @@ const apiHandler = Effect.gen(function*() {
 })
 
 export const router = HttpRouter.empty.pipe(
-  HttpRouter.get("/healthz", Effect.succeed(HttpServerResponse.unsafeJson({ ok: true }))),
+  // Which node answers: a test harness (or a load balancer check) can tell this node
+  // from another process that took the same port.
+  HttpRouter.get("/healthz", Effect.map(ChorusConfig, (config) => HttpServerResponse.unsafeJson({ ok: true, node: config.nodeId, cluster: config.cluster }))),
   HttpRouter.get(
     "/metrics",
     Effect.map(RuntimeMetrics.render, (text) => HttpServerResponse.text(text, { contentType: "text/plain; version=0.0.4" }))

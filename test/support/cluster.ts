@@ -201,6 +201,15 @@ class NodeProcess implements ChorusNode {
     return new Error(text)
   }
 
+  private answersAsItself(body: string): boolean {
+    try {
+      const parsed = JSON.parse(body) as { readonly node?: unknown; readonly cluster?: unknown }
+      return parsed.node === this.id && parsed.cluster === this.env["CHORUS_CLUSTER"]
+    } catch {
+      return false
+    }
+  }
+
   async waitReady(timeoutMs = this.readyTimeoutMs): Promise<void> {
     const deadline = Date.now() + timeoutMs
     const healthz = `${this.url}/healthz`
@@ -212,8 +221,10 @@ class NodeProcess implements ChorusNode {
       }
       try {
         const res = await fetch(healthz, { signal: AbortSignal.timeout(1000) })
-        await res.arrayBuffer().catch(() => undefined)
-        if (res.status === 200) return
+        const body = await res.text().catch(() => "")
+        // Only this node counts: another test's node may hold the port for a moment
+        // (ours then exits with EADDRINUSE and is moved to another port).
+        if (res.status === 200 && this.answersAsItself(body)) return
       } catch {
         // not listening yet
       }

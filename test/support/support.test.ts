@@ -154,7 +154,7 @@ describe("startCluster (stand-in node entry)", () => {
       `import http from "node:http"
 const id = process.env.NODE_ID
 const server = http.createServer((req, res) => {
-  if (req.url === "/healthz") { res.writeHead(200); res.end("ok"); return }
+  if (req.url === "/healthz") { res.writeHead(200); res.end(JSON.stringify({ ok: true, node: id, cluster: process.env.CHORUS_CLUSTER })); return }
   if (req.url === "/api/auth.test") {
     let body = ""
     req.on("data", (c) => (body += c))
