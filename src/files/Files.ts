@@ -31,6 +31,7 @@ import { ChorusConfig } from "../config/ChorusConfig.ts"
 import { canSee, seesPublicWithoutMembership, typeOf } from "../domain/ConversationAccess.ts"
 import * as Ids from "../domain/Ids.ts"
 import * as ContentType from "./ContentType.ts"
+import * as Thumbnails from "./Thumbnails.ts"
 import type { StorageError } from "./FileStorage.ts"
 import * as FileStorageModule from "./FileStorage.ts"
 import { FileStorage } from "./FileStorage.ts"
@@ -58,6 +59,10 @@ export interface FileRow {
   readonly created_at: number
   readonly completed_at: number | null
   readonly deleted_at: number | null
+  /** An image's dimensions and its thumbnails (Thumbnails.ts); null for none. */
+  readonly original_w: number | null
+  readonly original_h: number | null
+  readonly thumbs: ReadonlyArray<Thumbnails.Thumb> | null
 }
 
 /** A share of a file, with the conversation's flags and whether the viewer is in it. */
@@ -92,6 +97,8 @@ export interface Viewer {
 
 export const urlPrivate = (base: string, row: Pick<FileRow, "id" | "name">) => `${base}/files/${row.id}/${encodeURIComponent(row.name)}`
 export const urlPrivateDownload = (base: string, row: Pick<FileRow, "id" | "name">) => `${base}/files/${row.id}/download/${encodeURIComponent(row.name)}`
+export const thumbUrl = (base: string, row: Pick<FileRow, "id" | "name">, size: number) =>
+  `${base}/files-tmb/${row.id}/${size}/${encodeURIComponent(row.name)}`
 
 const isPublicShare = (s: Pick<ShareRow, "is_private" | "is_im" | "is_mpim">) => typeOf(s) === "public_channel"
 
@@ -127,6 +134,15 @@ export const toSlackFile = (row: FileRow, base: string, shares: ReadonlyArray<Sh
     permalink: urlPrivate(base, row),
     has_rich_preview: false,
     file_access: "visible"
+  }
+  if (row.thumbs !== null && row.original_w !== null && row.original_h !== null) {
+    for (const t of row.thumbs) {
+      file[`thumb_${t.size}`] = thumbUrl(base, row, t.size)
+      file[`thumb_${t.size}_w`] = t.width
+      file[`thumb_${t.size}_h`] = t.height
+    }
+    file["original_w"] = row.original_w
+    file["original_h"] = row.original_h
   }
   if (row.alt_txt !== null) file["alt_txt"] = row.alt_txt
   if (row.snippet_type !== null) file["snippet_type"] = row.snippet_type
@@ -269,10 +285,10 @@ export const make = Effect.gen(function*() {
   const base = (config.filesPublicUrl ?? config.advertiseUrl).replace(/\/+$/, "")
   const maxAgeMs = Duration.toMillis(config.filesPendingMaxAge)
   const cols = sql.literal(
-    "id, team_id, user_id, name, title, alt_txt, snippet_type, declared_length, size, mimetype, filetype, pretty_type, state, direct, storage_key, created_at, completed_at, deleted_at"
+    "id, team_id, user_id, name, title, alt_txt, snippet_type, declared_length, size, mimetype, filetype, pretty_type, state, direct, storage_key, created_at, completed_at, deleted_at, original_w, original_h, thumbs"
   )
   const fCols = sql.literal(
-    "f.id, f.team_id, f.user_id, f.name, f.title, f.alt_txt, f.snippet_type, f.declared_length, f.size, f.mimetype, f.filetype, f.pretty_type, f.state, f.direct, f.storage_key, f.created_at, f.completed_at, f.deleted_at"
+    "f.id, f.team_id, f.user_id, f.name, f.title, f.alt_txt, f.snippet_type, f.declared_length, f.size, f.mimetype, f.filetype, f.pretty_type, f.state, f.direct, f.storage_key, f.created_at, f.completed_at, f.deleted_at, f.original_w, f.original_h, f.thumbs"
   )
 
   const byId = (id: string) => Effect.map(sql<FileRow>`SELECT ${cols} FROM files WHERE id = ${id}`, (r) => Option.fromNullable(r[0]))
@@ -319,7 +335,10 @@ export const make = Effect.gen(function*() {
         storage_key: `${viewer.teamId}/${id}`,
         created_at: now,
         completed_at: null,
-        deleted_at: null
+        deleted_at: null,
+        original_w: null,
+        original_h: null,
+        thumbs: null
       }
       yield* sql`
         INSERT INTO files (id, team_id, user_id, name, title, alt_txt, snippet_type, declared_length, state, direct, storage_key, upload_secret, created_at, state_at)
@@ -433,8 +452,43 @@ export const make = Effect.gen(function*() {
           }
         }
       }))
-      return out
+      // Thumbnails once the file is complete (an abandoned upload never gets any, so
+      // the sweep has none to remove); a failure leaves the file without them.
+      const withThumbs: Array<FileRow> = []
+      for (const row of out) withThumbs.push(yield* thumbnail(row))
+      return withThumbs
     }).pipe(orDie)
+
+  /** Makes and stores `row`'s thumbnails if it is an image that has none yet. */
+  const thumbnail = (row: FileRow): Effect.Effect<FileRow> =>
+    Effect.gen(function*() {
+      if (row.thumbs !== null || !Thumbnails.isThumbnailable(row.mimetype, row.size)) return row
+      const object = yield* storage.read(row.storage_key)
+      if (Option.isNone(object) || object.value.size > Thumbnails.maxInputBytes) return row
+      const chunks = yield* Stream.runCollect(object.value.body)
+      const made = yield* Thumbnails.make(Buffer.concat([...chunks]), row.mimetype ?? "")
+      if (Option.isNone(made)) return row
+      for (const t of made.value.thumbs) {
+        yield* storage.put(Thumbnails.keyOf(row.storage_key, t.size), Stream.make(t.bytes))
+      }
+      const thumbs = made.value.thumbs.map(({ height, mimetype, size, width }) => ({ size, width, height, mimetype }))
+      const updated = yield* sql<FileRow>`
+        UPDATE files SET original_w = ${made.value.width}, original_h = ${made.value.height}, thumbs = ${JSON.stringify(thumbs)}::jsonb
+        WHERE id = ${row.id} AND state = 'complete'
+        RETURNING ${cols}`
+      return updated[0] ?? row
+    }).pipe(
+      Effect.catchAll((error) =>
+        Effect.logWarning("thumbnails failed; the file has none", { file: row.id, error: String(error) }).pipe(Effect.as(row))
+      )
+    )
+
+  /** Removes a file's object and its thumbnails. */
+  const removeObjects = (row: Pick<FileRow, "storage_key" | "thumbs">) =>
+    Effect.gen(function*() {
+      yield* storage.remove(row.storage_key)
+      for (const t of row.thumbs ?? []) yield* storage.remove(Thumbnails.keyOf(row.storage_key, t.size))
+    })
 
   const recordShares: FilesShape["recordShares"] = (shares) =>
     Effect.gen(function*() {
@@ -515,7 +569,7 @@ export const make = Effect.gen(function*() {
         RETURNING ${cols}`
       const row = marked[0]
       if (row === undefined) return yield* refuse("file_not_found")
-      yield* storage.remove(row.storage_key)
+      yield* removeObjects(row)
       return (yield* sharesOf([fileId], row.user_id)).filter((s) => !s.tombstoned)
     }).pipe(orDie)
 

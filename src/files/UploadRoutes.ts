@@ -13,6 +13,8 @@
  *   `Authorization: Bearer <token>`: for whoever can see the file (Files.visible), the
  *   bytes (local disk) or a redirect to a short-lived presigned URL (s3); for anyone
  *   else, whatever the reason, 404, so a file's existence is never revealed.
+ * - `GET /files-tmb/<file id>/<size>/<name>` (`thumb_<size>`): an image's thumbnail,
+ *   for the same people, the same way.
  *
  * `withFileRoutes(app)` puts these routes in front of another app (HttpApi's), which
  * answers every other request exactly as before.
@@ -25,6 +27,7 @@ import type { IncomingMessage } from "node:http"
 import { Auth } from "../auth/Principal.ts"
 import { ChorusConfig } from "../config/ChorusConfig.ts"
 import * as ContentType from "./ContentType.ts"
+import * as Thumbnails from "./Thumbnails.ts"
 import { FileRefused, Files } from "./Files.ts"
 import * as FilesModule from "./Files.ts"
 import { FileStorage } from "./FileStorage.ts"
@@ -116,23 +119,29 @@ const upload = Effect.gen(function*() {
 
 // ---- download ---------------------------------------------------------------------------
 
+/** The route's file (`:fileId`) if the bearer may see it and it is not deleted. */
+const visibleFile = Effect.gen(function*() {
+  const request = yield* HttpServerRequest.HttpServerRequest
+  const params = yield* HttpRouter.params
+  const auth = yield* Auth
+  const files = yield* Files
+  const principal = yield* auth.authenticateInWorkspace(bearer(request.headers["authorization"])).pipe(
+    Effect.tap((p) => auth.requireScope(p, "files:read")),
+    Effect.option
+  )
+  if (Option.isNone(principal)) return Option.none()
+  const p = principal.value
+  const seen = yield* files.visible({ userId: p.userId, teamId: p.teamId, role: p.role }, params["fileId"] ?? "")
+  return Option.isNone(seen) || seen.value.file.state === "deleted" ? Option.none() : Option.some(seen.value.file)
+})
+
 const download = (kind: "inline" | "attachment") =>
   Effect.gen(function*() {
-    const request = yield* HttpServerRequest.HttpServerRequest
-    const params = yield* HttpRouter.params
-    const auth = yield* Auth
-    const files = yield* Files
     const storage = yield* FileStorage
     const config = yield* ChorusConfig
-    const principal = yield* auth.authenticateInWorkspace(bearer(request.headers["authorization"])).pipe(
-      Effect.tap((p) => auth.requireScope(p, "files:read")),
-      Effect.option
-    )
-    if (Option.isNone(principal)) return notFound
-    const p = principal.value
-    const seen = yield* files.visible({ userId: p.userId, teamId: p.teamId, role: p.role }, params["fileId"] ?? "")
-    if (Option.isNone(seen) || seen.value.file.state === "deleted") return notFound
-    const file = seen.value.file
+    const seen = yield* visibleFile
+    if (Option.isNone(seen)) return notFound
+    const file = seen.value
     const mimetype = file.mimetype ?? ContentType.binary.mimetype
     const disposition = FilesModule.contentDisposition(kind === "inline" && ContentType.isInline(mimetype) ? "inline" : "attachment", file.name)
     const served = mimetype === "text/plain" ? "text/plain; charset=utf-8" : mimetype
@@ -154,7 +163,32 @@ const download = (kind: "inline" | "attachment") =>
     })
   })
 
+/** `thumb_<size>` of a file (its URL in the file object), for the same people as `url_private`. */
+const thumbnail = Effect.gen(function*() {
+  const params = yield* HttpRouter.params
+  const storage = yield* FileStorage
+  const config = yield* ChorusConfig
+  const seen = yield* visibleFile
+  if (Option.isNone(seen)) return notFound
+  const file = seen.value
+  const thumb = (file.thumbs ?? []).find((t) => String(t.size) === params["size"])
+  if (thumb === undefined) return notFound
+  const key = Thumbnails.keyOf(file.storage_key, thumb.size)
+  const presigned = yield* storage.presignGet(key, { expiresIn: config.filesDownloadUrlTtl, contentType: thumb.mimetype, contentDisposition: "inline" })
+  if (Option.isSome(presigned)) {
+    return HttpServerResponse.redirect(presigned.value, { status: 302, headers: { "cache-control": "no-store" } })
+  }
+  const object = yield* storage.read(key)
+  if (Option.isNone(object)) return notFound
+  return HttpServerResponse.stream(object.value.body, {
+    contentType: thumb.mimetype,
+    contentLength: object.value.size,
+    headers: { "x-content-type-options": "nosniff", "cache-control": "private, no-cache" }
+  })
+})
+
 export const router = HttpRouter.empty.pipe(
+  HttpRouter.get("/files-tmb/:fileId/:size/:name", guarded(thumbnail)),
   HttpRouter.post("/upload/v1/:fileId/:secret", guarded(upload)),
   HttpRouter.get("/files/:fileId/download/:name", guarded(download("attachment"))),
   HttpRouter.get("/files/:fileId/:name", guarded(download("inline")))

@@ -6,6 +6,7 @@
 import fs from "node:fs"
 import os from "node:os"
 import path from "node:path"
+import sharp from "sharp"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { connect, workspace, type ChatUser } from "../support/chat.ts"
 import { startCluster, type ChorusCluster } from "../support/cluster.ts"
@@ -208,5 +209,41 @@ describe("files (local disk)", () => {
     await must(api(url, "files.delete", { file: txtId }, tok("owner")))
     expect((await download(info["file"].url_private, tok("bob"))).status).toBe(404)
     expect(ids(await must(api(url, "files.list", { channel: pub }, tok("bob"))))).not.toContain(txtId)
+  })
+
+  it("an image gets Slack's thumbnails, served to those who see the file; an undecodable one gets none; delete removes them", async () => {
+    // A real 800×600 PNG (a gradient, so it does not compress to nothing).
+    const width = 800
+    const height = 600
+    const raw = Buffer.alloc(width * height * 3)
+    for (let i = 0; i < raw.length; i++) raw[i] = (i * 7) % 251
+    const image = await sharp(raw, { raw: { width, height, channels: 3 } }).png().toBuffer()
+    const fileId = await uploadRaw("alice", "photo.png", image)
+    const done = await must(api(url, "files.completeUploadExternal", { files: [{ id: fileId }], channel_id: pub }, tok("alice")))
+    const file = done["files"][0]
+    expect(file).toMatchObject({ original_w: 800, original_h: 600, thumb_64_w: 64, thumb_64_h: 48, thumb_360_w: 360, thumb_360_h: 270, thumb_720_w: 720, thumb_720_h: 540 })
+    expect(file.thumb_360).toBe(`${url}/files-tmb/${fileId}/360/photo.png`)
+    const info = (await must(api(url, "files.info", { file: fileId }, tok("bob"))))["file"]
+    expect(info.thumb_480).toBe(`${url}/files-tmb/${fileId}/480/photo.png`)
+
+    const thumb = await download(file.thumb_360, tok("bob"))
+    expect(thumb.status).toBe(200)
+    expect(thumb.headers.get("content-type")).toBe("image/png")
+    expect(await sharp(thumb.body).metadata()).toMatchObject({ format: "png", width: 360, height: 270 })
+    for (const token of [outsider.token, undefined]) expect((await download(file.thumb_360, token)).status).toBe(404)
+    expect((await download(`${url}/files-tmb/${fileId}/999/photo.png`, tok("bob"))).status).toBe(404)
+
+    // PNG's signature followed by noise: stored and shared, but no thumbnails.
+    const broken = pngBytes(5_000)
+    const brokenId = await uploadRaw("alice", "broken.png", broken)
+    const brokenDone = await must(api(url, "files.completeUploadExternal", { files: [{ id: brokenId }], channel_id: pub }, tok("alice")))
+    expect(brokenDone["files"][0].mimetype).toBe("image/png")
+    expect(brokenDone["files"][0].thumb_64).toBeUndefined()
+
+    const before = filesUnder(dir).filter((f) => f.includes(fileId))
+    expect(before.length).toBe(7) // the image and its six thumbnails
+    await must(api(url, "files.delete", { file: fileId }, tok("alice")))
+    expect(filesUnder(dir).filter((f) => f.includes(fileId))).toEqual([])
+    expect((await download(file.thumb_360, tok("bob"))).status).toBe(404)
   })
 })

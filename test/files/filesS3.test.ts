@@ -4,6 +4,7 @@
 // refused uploads leaving no object, direct (presigned PUT) uploads, deletion.
 
 import { DeleteObjectCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3"
+import sharp from "sharp"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { workspace, type ChatUser } from "../support/chat.ts"
 import { startCluster, type ChorusCluster } from "../support/cluster.ts"
@@ -156,5 +157,24 @@ describe("files (S3)", () => {
     await must(api(url, "files.delete", { file: got["file_id"] }, tok("alice")))
     expect(await exists(`${teamId}/${got["file_id"]}`)).toBe(false)
     expect((await download(done["files"][0].url_private, tok("bob"), "manual")).status).toBe(404)
+  })
+
+  it("an image's thumbnails are objects in the bucket, served by a presigned redirect, removed with the file", async () => {
+    const raw = Buffer.alloc(400 * 300 * 3, 90)
+    const image = await sharp(raw, { raw: { width: 400, height: 300, channels: 3 } }).jpeg().toBuffer()
+    const got = await must(api(url, "files.getUploadURLExternal", { filename: "photo.jpg", length: image.length }, tok("alice")))
+    await postRaw(got["upload_url"], image)
+    const fileId = got["file_id"] as string
+    const file = (await must(api(url, "files.completeUploadExternal", { files: [{ id: fileId }], channel_id: pub }, tok("alice"))))["files"][0]
+    expect(file).toMatchObject({ mimetype: "image/jpeg", original_w: 400, original_h: 300, thumb_360_w: 360, thumb_360_h: 270, thumb_480_w: 400 })
+    expect(file.thumb_720).toBeUndefined() // boxes above the image's size are not made
+    expect(await exists(`${teamId}/${fileId}_thumb_360`)).toBe(true)
+    const redirect = await download(file.thumb_360, tok("bob"), "manual")
+    expect(redirect.status).toBe(302)
+    const followed = await download(file.thumb_360, tok("bob"))
+    expect(await sharp(followed.body).metadata()).toMatchObject({ format: "jpeg", width: 360, height: 270 })
+    expect((await download(file.thumb_360, outsider.token, "manual")).status).toBe(404)
+    await must(api(url, "files.delete", { file: fileId }, tok("alice")))
+    expect(await exists(`${teamId}/${fileId}_thumb_360`)).toBe(false)
   })
 })

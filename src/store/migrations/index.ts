@@ -14,6 +14,7 @@ import m0008 from "./0008_files.ts"
 import m0009 from "./0009_search.ts"
 import m0007 from "./0007_read_state.ts"
 import m0010 from "./0010_apps.ts"
+import m0011 from "./0011_thumbnails.ts"
 
 export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>> = {
   "0001_runtime": m0001,
@@ -25,5 +26,6 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
   "0008_files": m0008,
   "0009_search": m0009,
   "0007_read_state": m0007,
-  "0010_apps": m0010
+  "0010_apps": m0010,
+  "0011_thumbnails": m0011
 }
