@@ -3,7 +3,8 @@
  * defect restarts the actor with backoff and the message is retried; past the restart
  * limit the message goes to the dead-letter stream and its sender gets ActorFailed;
  * an idle actor is passivated and comes back on its next message; a bad message is
- * answered with an error and takes nothing down.
+ * answered with an error and takes nothing down; a full mailbox refuses volatile
+ * messages at once and holds durable ones back without losing any.
  */
 import { Duration, Effect, Exit, Layer, Logger, LogLevel, ManagedRuntime, Redacted, Schema } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -34,7 +35,23 @@ class Touch extends Schema.TaggedRequest<Touch>()("Touch", {
   payload: {}
 }) {}
 
-const Faulty = Entity.make("faulty", [Flaky, Touch], { Flaky: "volatile", Touch: "volatile" })
+class Hold extends Schema.TaggedRequest<Hold>()("Hold", {
+  failure: Schema.Never,
+  success: Schema.Struct({ n: Schema.Number }),
+  payload: { n: Schema.Int }
+}) {}
+
+const Faulty = Entity.make("faulty", [Flaky, Touch, Hold], { Flaky: "volatile", Touch: "volatile", Hold: "volatile" })
+
+/** A promise and its resolve (Node 20 has no Promise.withResolvers). */
+const latch = () => {
+  let resolve: () => void = () => {}
+  const promise = new Promise<void>((r) => (resolve = r))
+  return { promise, resolve: () => resolve() }
+}
+/** Hold handlers wait for the gate; `held` is the order in which they started. */
+let gate = latch()
+const held: Array<string> = []
 
 // What the actor went through, seen from outside it (it is restarted in between).
 const attempts = new Map<string, number>()
@@ -56,7 +73,12 @@ const faulty = Behaviour.sequential({
           ? Effect.die(new Error(`deliberate defect ${n} of ${message.failTimes}`))
           : Effect.succeed([state, { attempts: n }] as const)
       }),
-    Touch: (ctx, state) => Effect.succeed([state, { activations: activations.get(ctx.address.id) ?? 0 }] as const)
+    Touch: (ctx, state) => Effect.succeed([state, { activations: activations.get(ctx.address.id) ?? 0 }] as const),
+    Hold: (ctx, state, message) =>
+      Effect.sync(() => held.push(`${ctx.address.id}:${message.n}`)).pipe(
+        Effect.zipRight(Effect.promise(() => gate.promise)),
+        Effect.as([state, { n: message.n }] as const)
+      )
   }
 })
 
@@ -76,6 +98,9 @@ beforeAll(async () => {
     maxRestarts: 2,
     restartWindow: Duration.seconds(30),
     passivateAfter: Duration.millis(300),
+    // Small bounds, so the mailbox test can fill a mailbox.
+    mailboxCapacity: 3,
+    maxBatch: 1,
     requestDeadline: Duration.seconds(20)
   })
   const infra = Layer.mergeAll(
@@ -149,5 +174,34 @@ describe("supervision", () => {
     ))
     expect(new TextDecoder().decode(reply.data)).toContain("MalformedMessage")
     expect(await send((c) => c.send(Faulty, "d", new Touch()))).toMatchObject({ _tag: "Success" })
+  })
+
+  it("a full mailbox answers MailboxFull to volatile senders at once, and holds durable ones back without losing any", async () => {
+    const until = async (what: () => boolean) => {
+      for (let i = 0; i < 200 && !what(); i++) await new Promise((r) => setTimeout(r, 25))
+      expect(what()).toBe(true)
+    }
+    const hold = (actor: string, n: number, delivery: "volatile" | "durable") => send((c) => c.send(Faulty, actor, new Hold({ n }), { delivery }))
+
+    // Volatile: one message in the handler, three waiting (the bound), the rest refused.
+    gate = latch()
+    const first = hold("full", 0, "volatile")
+    await until(() => held.includes("full:0"))
+    const rest = [1, 2, 3, 4, 5].map((n) => hold("full", n, "volatile"))
+    const refused = await Promise.all(rest.slice(3))
+    for (const exit of refused) expect(JSON.stringify(exit)).toContain("MailboxFull")
+    gate.resolve()
+    const served = await Promise.all([first, ...rest.slice(0, 3)])
+    expect(served).toEqual([0, 1, 2, 3].map((n) => Exit.succeed({ n })))
+    expect(held.filter((h) => h.startsWith("full:"))).toEqual(["full:0", "full:1", "full:2", "full:3"])
+
+    // Durable: the shard's intake waits for room instead; every command is applied, in order.
+    gate = latch()
+    const firstDurable = hold("backed", 0, "durable")
+    await until(() => held.includes("backed:0"))
+    const more = [1, 2, 3, 4, 5, 6].map((n) => hold("backed", n, "durable"))
+    gate.resolve()
+    expect(await Promise.all([firstDurable, ...more])).toEqual([0, 1, 2, 3, 4, 5, 6].map((n) => Exit.succeed({ n })))
+    expect(held.filter((h) => h.startsWith("backed:"))).toEqual([0, 1, 2, 3, 4, 5, 6].map((n) => `backed:${n}`))
   })
 })
