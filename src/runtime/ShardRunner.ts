@@ -233,10 +233,23 @@ export const start = (
       }
     }
 
+    // A batch that completes synchronously calls back into `pump` from within it; past a
+    // few levels the next batch starts from a microtask, so a long mailbox processed by
+    // small batches cannot grow the stack without bound.
+    let depth = 0
     const batchDone = (instance: ActorInstance) => {
       instance.running = false
       for (const wake of instance.idleWaiters.splice(0)) wake()
-      pump(instance)
+      if (depth >= 16) {
+        queueMicrotask(() => pump(instance))
+        return
+      }
+      depth++
+      try {
+        pump(instance)
+      } finally {
+        depth--
+      }
     }
 
     /** Starts the next batch if the actor is idle and has mail. */

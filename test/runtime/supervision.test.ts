@@ -21,7 +21,6 @@ import * as ShardingClientModule from "../../src/runtime/ShardingClient.ts"
 import * as Database from "../../src/store/Database.ts"
 import * as Nats from "../../src/transport/Nats.ts"
 import { deleteNatsFootprint } from "../support/cluster.ts"
-import type { FreshDatabase } from "../support/services.ts"
 import { freshDatabase, natsUrl, uniqueCluster } from "../support/services.ts"
 
 class Flaky extends Schema.TaggedRequest<Flaky>()("Flaky", {
@@ -82,13 +81,12 @@ const faulty = Behaviour.sequential({
   }
 })
 
-let db: FreshDatabase
-let cluster: string
-let runtime: ManagedRuntime.ManagedRuntime<ShardingClient | Nats.Nats | RuntimeMetrics.RuntimeMetrics | Sharding.Sharding, unknown>
+type SoloRuntime = ManagedRuntime.ManagedRuntime<ShardingClient | Nats.Nats | RuntimeMetrics.RuntimeMetrics | Sharding.Sharding, unknown>
 
-beforeAll(async () => {
-  db = await freshDatabase()
-  cluster = uniqueCluster()
+/** One in-process node with its own database and NATS namespace, serving `faulty`. */
+const startSolo = async (bounds: { readonly mailboxCapacity: number; readonly maxBatch: number }) => {
+  const db = await freshDatabase()
+  const cluster = uniqueCluster()
   const config = ChorusConfig.layer({
     nodeId: "solo",
     cluster,
@@ -98,9 +96,7 @@ beforeAll(async () => {
     maxRestarts: 2,
     restartWindow: Duration.seconds(30),
     passivateAfter: Duration.millis(300),
-    // Small bounds, so the mailbox test can fill a mailbox.
-    mailboxCapacity: 3,
-    maxBatch: 1,
+    ...bounds,
     requestDeadline: Duration.seconds(20)
   })
   const infra = Layer.mergeAll(
@@ -121,18 +117,31 @@ beforeAll(async () => {
     // The deliberate defects log errors by design; keep the test output readable.
     Layer.provide(Logger.minimumLogLevel(LogLevel.None))
   )
-  runtime = ManagedRuntime.make(layer)
+  const runtime: SoloRuntime = ManagedRuntime.make(layer)
   await runtime.runPromise(Sharding.waitUntilServing(8, "20 seconds"))
-})
+  return {
+    runtime,
+    send: <A>(effect: (client: ShardingClient["Type"]) => Effect.Effect<A, unknown>) => runtime.runPromiseExit(Effect.flatMap(ShardingClient, effect)),
+    stop: async () => {
+      await runtime.dispose()
+      await deleteNatsFootprint(natsUrl(), cluster)
+      await db.drop()
+    }
+  }
+}
 
+// Small bounds, so the mailbox test can fill a mailbox.
+let solo: Awaited<ReturnType<typeof startSolo>>
+let runtime: SoloRuntime
+beforeAll(async () => {
+  solo = await startSolo({ mailboxCapacity: 3, maxBatch: 1 })
+  runtime = solo.runtime
+})
 afterAll(async () => {
-  await runtime?.dispose()
-  await deleteNatsFootprint(natsUrl(), cluster)
-  await db?.drop()
+  await solo?.stop()
 })
 
-const send = <A>(effect: (client: ShardingClient["Type"]) => Effect.Effect<A, unknown>) =>
-  runtime.runPromiseExit(Effect.flatMap(ShardingClient, effect))
+const send = <A>(effect: (client: ShardingClient["Type"]) => Effect.Effect<A, unknown>) => solo.send(effect)
 
 describe("supervision", () => {
   it("restarts an actor after a defect and retries the message", async () => {
@@ -204,4 +213,27 @@ describe("supervision", () => {
     expect(await Promise.all([firstDurable, ...more])).toEqual([0, 1, 2, 3, 4, 5, 6].map((n) => Exit.succeed({ n })))
     expect(held.filter((h) => h.startsWith("backed:"))).toEqual([0, 1, 2, 3, 4, 5, 6].map((n) => `backed:${n}`))
   })
+})
+
+describe("long mailboxes", () => {
+  let big: Awaited<ReturnType<typeof startSolo>>
+  beforeAll(async () => {
+    big = await startSolo({ mailboxCapacity: 5_000, maxBatch: 1 })
+  })
+  afterAll(async () => {
+    await big?.stop()
+  })
+
+  it("thousands of queued messages handled one batch at a time, synchronously, without growing the stack", async () => {
+    gate = latch()
+    const first = big.send((c) => c.send(Faulty, "deep", new Hold({ n: 0 })))
+    for (let i = 0; i < 200 && !held.includes("deep:0"); i++) await new Promise((r) => setTimeout(r, 25))
+    expect(held).toContain("deep:0")
+    // Queued behind the held message; once it is released they run back to back.
+    const rest = Array.from({ length: 3_000 }, () => big.send((c) => c.send(Faulty, "deep", new Touch())))
+    await new Promise((r) => setTimeout(r, 500))
+    gate.resolve()
+    const all = await Promise.all([first, ...rest])
+    expect(all.filter(Exit.isSuccess)).toHaveLength(3_001)
+  }, 60_000)
 })
