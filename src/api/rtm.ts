@@ -42,7 +42,7 @@ export const make = Effect.gen(function*() {
       ], { concurrency: 2 }))
       if (Option.isNone(user) || user.value.deleted) return yield* fail("account_inactive")
       if (Option.isNone(team)) return yield* fail("team_not_found")
-      const ticket = yield* tickets.issue({ userId: principal.userId, teamId: principal.teamId, tokenId: principal.tokenId })
+      const ticket = yield* tickets.issue({ userId: principal.userId, teamId: principal.teamId, tokenId: principal.tokenId, principal })
       return {
         url: gatewayUrl(config.advertiseUrl, ticket),
         self: { id: principal.userId, name: user.value.handle },

@@ -37,7 +37,9 @@
  * Limits (when the node has a `RateLimiter`): every frame draws from its socket's
  * bucket before it is even parsed; a refused frame gets a `ratelimited` error, and a
  * socket that keeps flooding is closed (4003). Message frames also draw from the
- * token's per-channel posting bucket, as `chat.postMessage` does.
+ * token's per-channel posting bucket, as `chat.postMessage` does, and a message frame
+ * that begins with a registered `/command` runs the command (apps/SlashCommands.ts)
+ * instead of posting, as `chat.postMessage` does; its reply is the dispatch's answer.
  *
  * Presence and typing (docs/decisions/0014-presence-and-limits.md). When the node has
  * an `EdgePresence`, sockets opening and closing and the user's activity (message,
@@ -62,6 +64,8 @@ import type { Duplex } from "node:stream"
 import { WebSocketServer } from "ws"
 import type { RawData, WebSocket } from "ws"
 import { Channel, PostMessage } from "../actors/ChannelProtocol.ts"
+import { SlashCommands } from "../apps/SlashCommands.ts"
+import type { WorkspacePrincipal } from "../auth/Principal.ts"
 import * as ChannelEvents from "../domain/ChannelEvents.ts"
 import { RuntimeMetrics } from "../runtime/RuntimeMetrics.ts"
 import { ShardingClient } from "../runtime/ShardingClient.ts"
@@ -71,6 +75,7 @@ import * as GatewayMetrics from "./GatewayMetrics.ts"
 import * as Protocol from "./GatewayProtocol.ts"
 import type { TicketClaims } from "./GatewayTickets.ts"
 import { GatewayTickets } from "./GatewayTickets.ts"
+import { ApiError } from "./ApiMethod.ts"
 import { Nats } from "./Nats.ts"
 import type { NatsNames } from "./Nats.ts"
 import type { SocketLimiter } from "./RateLimiter.ts"
@@ -219,6 +224,8 @@ interface Conn {
   holdTimer: NodeJS.Timeout | undefined
   /** The token the socket was opened with (its id): per-token limits. */
   readonly tokenId: string
+  /** Who opened it, as `rtm.connect` authenticated them (for slash commands); undefined if unknown. */
+  readonly principal: WorkspacePrincipal | undefined
   /** This socket's frame bucket. */
   readonly limiter: SocketLimiter | undefined
   /** This socket as a presence subscriber, once it sent `presence_sub`. */
@@ -313,6 +320,8 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     const nats = yield* Nats
     const sql = yield* SqlClient.SqlClient
     const client = yield* ShardingClient
+    // Apps: a member's message that begins with a registered `/command` is dispatched, not posted (as chat.postMessage).
+    const slashCommands = yield* Effect.serviceOption(SlashCommands)
     const tickets = yield* GatewayTickets
     const edge = Option.getOrUndefined(yield* Effect.serviceOption(EdgePresence))
     const limiter = Option.getOrUndefined(yield* Effect.serviceOption(RateLimiter))
@@ -900,6 +909,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         pendingMessages: 0,
         holdTimer: undefined,
         tokenId: claims.tokenId,
+        principal: claims.principal,
         limiter: limiter?.socket(),
         presence: undefined,
         setup: Promise.resolve()
@@ -1052,6 +1062,22 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
 
     const postMessage = async (conn: Conn, frame: Protocol.MessageFrame): Promise<void> => {
       if (conn.closed) return
+      const principal = conn.principal
+      if (Option.isSome(slashCommands) && principal?.tokenKind === "user" && frame.text.trimStart().startsWith("/")) {
+        const dispatched = await runPromise(slashCommands.value.dispatch(principal, frame.channel, frame.text).pipe(
+          Effect.either,
+          Effect.catchAllDefect((defect) => Effect.as(Effect.logError("slash command failed", { channel: frame.channel, defect: String(defect) }), Either.left(new ApiError({ code: "internal_error" }))))
+        ))
+        if (Either.isLeft(dispatched)) {
+          reply(conn, Protocol.replyError(frame.id, dispatched.left.code, dispatched.left.code))
+          return
+        }
+        if (Option.isSome(dispatched.right)) {
+          reply(conn, Protocol.replyOk(frame.id, dispatched.right.value))
+          return
+        }
+        // Not a registered command: an ordinary message.
+      }
       const request = new PostMessage({
         user: conn.user,
         team: conn.team,

@@ -9,6 +9,7 @@
  * The token itself never appears in a URL (and so in no proxy log).
  */
 import { Context, Duration, Effect, Layer } from "effect"
+import type { WorkspacePrincipal } from "../auth/Principal.ts"
 import { randomBytes } from "node:crypto"
 
 /** Who a ticket lets in. */
@@ -17,6 +18,8 @@ export interface TicketClaims {
   readonly teamId: string
   /** The token that asked for the ticket (its id, never the secret). */
   readonly tokenId: string
+  /** Who asked, as `rtm.connect` authenticated them: what the socket acts as (e.g. to run slash commands). */
+  readonly principal?: WorkspacePrincipal
 }
 
 export interface GatewayTicketsShape {

@@ -172,6 +172,14 @@ describe("a @slack/bolt app against Chorus", () => {
     // An unregistered "/command" is just a message.
     await alice.web.chat.postMessage({ channel, text: "/shrug ok" })
     expect((await history(channel)).map((m) => m["text"])).toContain("/shrug ok")
+    // Typed in a socket's message frame, a command runs the same way (and is not posted).
+    const viaSocket = await aliceSocket.request({ type: "message", channel, text: "/echo from the socket" })
+    expect(viaSocket).toMatchObject({ ok: true, dispatched: true, command: "/echo" })
+    await aliceSocket.waitFor((e) => e["type"] === "message" && e["channel"] === channel && e["text"] === "echo: from the socket")
+    const socketFinal = (await history(channel)).map((m) => m["text"])
+    expect(socketFinal).toContain("echo: from the socket")
+    expect(socketFinal).not.toContain("/echo from the socket")
+    expect(await aliceSocket.request({ type: "message", channel, text: "/shrug from the socket" })).toMatchObject({ ok: true, text: "/shrug from the socket" })
   })
 })
 
