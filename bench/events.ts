@@ -80,6 +80,7 @@ const cluster = await startCluster({
   env: {
     CHORUS_LOG_LEVEL: "WARN",
     CHORUS_RATE_LIMITS: "off",
+    CHORUS_APPS_EGRESS: "any", // the app endpoint listens on loopback
     CHORUS_WS_FRAME_RATE: "1000000",
     CHORUS_WS_FRAME_BURST: "1000000",
     CHORUS_SHARDS: "32",

@@ -270,6 +270,8 @@ async function main() {
   ports.forEach((port, i) => {
     const id = `node-${i + 1}`
     const env = {
+      // A local cluster is for development: apps (bots) on this machine may be called.
+      CHORUS_APPS_EGRESS: "any",
       ...process.env,
       NODE_ID: id,
       PORT: String(port),

@@ -12,6 +12,7 @@ import { Duration, Effect, Option } from "effect"
 import { randomBytes } from "node:crypto"
 import type { App, Command, Webhook } from "../apps/Apps.ts"
 import { Apps } from "../apps/Apps.ts"
+import * as Egress from "../apps/Egress.ts"
 import * as EventDelivery from "../apps/EventDelivery.ts"
 import { postSigned } from "../apps/EventDelivery.ts"
 import { commandPattern, SlashCommands } from "../apps/SlashCommands.ts"
@@ -61,6 +62,15 @@ export const httpUrl = (raw: string): string | undefined => {
     return undefined
   }
 }
+
+/** An app's request URL: http(s), and not an address the egress policy forbids (a name is judged when it is resolved). */
+const requestUrlArg = (request: ApiRequest, policy: Egress.EgressPolicy) =>
+  Effect.gen(function*() {
+    const url = httpUrl(yield* requireString(request, "request_url"))
+    if (url === undefined) return yield* fail("invalid_url", "request_url must be an http(s) URL")
+    if (!Egress.hostAllowed(new URL(url), policy)) return yield* fail("invalid_url", "request_url must be a public address (CHORUS_APPS_EGRESS=public)")
+    return url
+  })
 
 const isoSeconds = (d: Date | undefined) => (d === undefined ? null : Math.floor(d.getTime() / 1000))
 
@@ -199,8 +209,7 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const principal = yield* admin(request)
       const app = yield* appArg(principal, request)
-      const requestUrl = httpUrl(yield* requireString(request, "request_url"))
-      if (requestUrl === undefined) return yield* fail("invalid_url", "request_url must be an http(s) URL")
+      const requestUrl = yield* requestUrlArg(request, config.appsEgress)
       const events = listArg(request, "events") ?? []
       if (events.length === 0) return yield* fail("invalid_events", "events must name at least one event type")
       const unknown = events.filter((e) => !EventDelivery.eventTypes.has(e))
@@ -209,7 +218,14 @@ export const make = Effect.gen(function*() {
       const challenge = randomBytes(24).toString("base64url")
       const body = JSON.stringify({ token: app.verificationToken, challenge, type: "url_verification" })
       const answer = yield* Effect.promise(() =>
-        postSigned({ url: requestUrl, body, contentType: "application/json", signingSecret: app.signingSecret, timeoutMs: Duration.toMillis(config.appsRequestTimeout) })
+        postSigned({
+          url: requestUrl,
+          body,
+          contentType: "application/json",
+          signingSecret: app.signingSecret,
+          timeoutMs: Duration.toMillis(config.appsRequestTimeout),
+          egress: config.appsEgress
+        })
       )
       if (!answer.attempt.ok || !echoes(answer.text, challenge)) {
         const why = answer.attempt.ok ? "the answer did not contain the challenge" : `${answer.attempt.reason}${answer.status === undefined ? "" : ` (HTTP ${answer.status})`}`
@@ -245,8 +261,7 @@ export const make = Effect.gen(function*() {
       const app = yield* appArg(principal, request)
       const command = (yield* requireString(request, "command")).trim().toLowerCase()
       if (!commandPattern.test(command)) return yield* fail("invalid_command", "command must be a slash and 1 to 31 of a-z, 0-9, _ and -")
-      const requestUrl = httpUrl(yield* requireString(request, "request_url"))
-      if (requestUrl === undefined) return yield* fail("invalid_url", "request_url must be an http(s) URL")
+      const requestUrl = yield* requestUrlArg(request, config.appsEgress)
       const description = (optionalString(request, "description") ?? "").slice(0, 200)
       yield* requireAppScope(app, "commands")
       yield* store.putCommand({ teamId: app.teamId, command, appId: app.id, requestUrl, description }).pipe(

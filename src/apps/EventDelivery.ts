@@ -50,6 +50,7 @@ import type { NatsNames } from "../transport/Nats.ts"
 import { Nats } from "../transport/Nats.ts"
 import type { App, ChannelAudience } from "./Apps.ts"
 import { Apps } from "./Apps.ts"
+import * as Egress from "./Egress.ts"
 import * as SlackSignature from "./SlackSignature.ts"
 
 // ---- routing (pure) --------------------------------------------------------------------
@@ -202,11 +203,20 @@ export type Attempt =
   | { readonly ok: true }
   | { readonly ok: false; readonly reason: FailureReason; readonly status: number | undefined; readonly noRetry: boolean }
 
-/** Keep-alive connections to apps (node:http costs a fraction of fetch's CPU per request). */
+/**
+ * Keep-alive connections to apps (node:http costs a fraction of fetch's CPU per
+ * request), per egress policy: `public` ones resolve names through Egress.publicLookup.
+ */
 const agents = {
-  http: new http.Agent({ keepAlive: true, maxSockets: 256 }),
-  https: new https.Agent({ keepAlive: true, maxSockets: 256 })
-}
+  any: {
+    http: new http.Agent({ keepAlive: true, maxSockets: 256 }),
+    https: new https.Agent({ keepAlive: true, maxSockets: 256 })
+  },
+  public: {
+    http: new http.Agent({ keepAlive: true, maxSockets: 256, lookup: Egress.publicLookup }),
+    https: new https.Agent({ keepAlive: true, maxSockets: 256, lookup: Egress.publicLookup })
+  }
+} satisfies Record<Egress.EgressPolicy, unknown>
 
 /** Most bytes of an app's answer read (a command's immediate answer is a message). */
 const maxAnswerBytes = 1_048_576
@@ -228,6 +238,8 @@ export const postSigned = (input: {
   readonly contentType: string
   readonly signingSecret: string
   readonly timeoutMs: number
+  /** Which addresses may be connected to (Egress.ts). */
+  readonly egress: Egress.EgressPolicy
   readonly retry?: { readonly num: number; readonly reason: string }
   readonly signal?: AbortSignal
 }): Promise<PostResult> =>
@@ -244,6 +256,8 @@ export const postSigned = (input: {
     } catch {
       return resolve(failure("unknown_error"))
     }
+    // An IP literal is judged here; a name when its socket resolves it (publicLookup).
+    if (!Egress.hostAllowed(url, input.egress)) return resolve(failure("connection_failed"))
     const body = Buffer.from(input.body, "utf8")
     const headers: Record<string, string | number> = {
       "content-type": input.contentType,
@@ -261,7 +275,8 @@ export const postSigned = (input: {
       resolve(result)
     }
     const https_ = url.protocol === "https:"
-    const request = (https_ ? https : http).request(url, { method: "POST", headers, agent: https_ ? agents.https : agents.http })
+    const agent = agents[input.egress]
+    const request = (https_ ? https : http).request(url, { method: "POST", headers, agent: https_ ? agent.https : agent.http })
     const timer = setTimeout(() => {
       finish(failure("http_timeout"))
       request.destroy()
@@ -720,6 +735,7 @@ const run = Effect.gen(function*() {
           contentType: "application/json",
           signingSecret: target.signingSecret,
           timeoutMs: options.requestTimeoutMs,
+          egress: config.appsEgress,
           ...(retry === undefined ? {} : { retry }),
           signal
         })).attempt,

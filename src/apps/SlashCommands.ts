@@ -238,7 +238,7 @@ export const make = Effect.gen(function*() {
         trigger_id: triggerId
       }).toString()
       const answer = yield* Effect.promise(() =>
-        postSigned({ url: command.requestUrl, body: form, contentType: "application/x-www-form-urlencoded", signingSecret: app.signingSecret, timeoutMs: timeoutMs() })
+        postSigned({ url: command.requestUrl, body: form, contentType: "application/x-www-form-urlencoded", signingSecret: app.signingSecret, timeoutMs: timeoutMs(), egress: config.appsEgress })
       )
       const result = { command: command.command, channel: channelId, dispatched: true, trigger_id: triggerId }
       if (!answer.attempt.ok) {

@@ -161,6 +161,8 @@ export interface ChorusConfigShape {
   // --- apps --- (src/apps; docs/decisions/0013-apps.md)
   /** How long Chorus waits for an app's answer to an event, a command or the URL challenge (Slack: 3 s). Default 3 s. */
   readonly appsRequestTimeout: Duration.Duration
+  /** Where requests to apps may go: `public` addresses only (the default), or `any` (local development, apps on a private network). */
+  readonly appsEgress: "public" | "any"
   /**
    * Waits before each retry of a failed event delivery; the list's length is the number
    * of retries (Slack makes 3). A channel's later events wait for its head, for that app
@@ -218,6 +220,7 @@ export const defaults = {
   // --- end files ---
   // --- apps ---
   appsRequestTimeoutMs: 3_000,
+  appsEgress: "public" as "public" | "any",
   appsRetryDelaysMs: "1000,5000,30000",
   appsPauseAfterMs: 60_000,
   appsMaxPending: 10_000,
@@ -352,6 +355,10 @@ export const config: Config.Config<ChorusConfigShape> = Config.all({
   // --- end files ---
   // --- apps ---
   appsRequestTimeout: ms("CHORUS_APPS_REQUEST_TIMEOUT_MS", defaults.appsRequestTimeoutMs, "Wait for an app's answer to an event, command or URL challenge"),
+  appsEgress: Config.literal("public", "any")("CHORUS_APPS_EGRESS").pipe(
+    Config.withDefault(defaults.appsEgress),
+    Config.withDescription("Where requests to apps may go: public addresses only, or any")
+  ),
   appsRetryDelaysMs: Config.string("CHORUS_APPS_RETRY_DELAYS_MS").pipe(
     Config.withDefault(defaults.appsRetryDelaysMs),
     Config.map((s) => s.split(",").map((t) => t.trim()).filter((t) => t.length > 0).map(Number)),

@@ -36,7 +36,9 @@ beforeAll(async () => {
       CHORUS_RATE_LIMITS: "off",
       CHORUS_APPS_RETRY_DELAYS_MS: "200,400,800",
       CHORUS_APPS_PAUSE_AFTER_MS: "1500",
-      CHORUS_APPS_REQUEST_TIMEOUT_MS: "2000"
+      CHORUS_APPS_REQUEST_TIMEOUT_MS: "2000",
+      // The test's app endpoints listen on loopback.
+      CHORUS_APPS_EGRESS: "any"
     }
   })
   url = cluster.nodes[0]!.url

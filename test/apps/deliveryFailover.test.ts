@@ -15,7 +15,7 @@ let cluster: ChorusCluster
 let endpoint: AppEndpoint
 
 beforeAll(async () => {
-  cluster = await startCluster({ nodes: 2, env: { CHORUS_SHARDS: "8", CHORUS_RATE_LIMITS: "off" } })
+  cluster = await startCluster({ nodes: 2, env: { CHORUS_SHARDS: "8", CHORUS_RATE_LIMITS: "off", CHORUS_APPS_EGRESS: "any" } })
   await waitConverged(cluster.nodes[0]!.url, cluster.operatorToken, ["node-1", "node-2"])
   endpoint = await startAppEndpoint()
 })
