@@ -55,12 +55,19 @@ export const make = (bytes: Uint8Array, mimetype: string): Effect.Effect<Option.
       if (width === undefined || height === undefined || width === 0 || height === 0) return Option.none<Made>()
       const longest = Math.max(width, height)
       const out = mimetype === "image/jpeg" ? "image/jpeg" : "image/png"
+      const wanted = sizes.filter((size, i) => size <= alwaysMade || longest > (sizes[i - 1] ?? 0))
+      const largest = Math.max(...wanted)
+      // The original is decoded once: scaled to the largest box, then every thumbnail
+      // comes from those pixels.
+      const base = await image
+        .rotate()
+        .resize({ width: largest, height: largest, fit: "inside", withoutEnlargement: true })
+        .raw()
+        .toBuffer({ resolveWithObject: true })
+      const raw = { width: base.info.width, height: base.info.height, channels: base.info.channels }
       const thumbs: Array<Thumb & { readonly bytes: Uint8Array }> = []
-      for (const [i, size] of sizes.entries()) {
-        if (size > alwaysMade && longest <= (sizes[i - 1] ?? 0)) break
-        const resized = sharp(bytes, { limitInputPixels: maxPixels, animated: false })
-          .rotate()
-          .resize({ width: size, height: size, fit: "inside", withoutEnlargement: true })
+      for (const size of wanted) {
+        const resized = sharp(base.data, { raw }).resize({ width: size, height: size, fit: "inside", withoutEnlargement: true })
         const { data, info } = await (out === "image/jpeg" ? resized.jpeg({ quality: 80 }) : resized.png()).toBuffer({ resolveWithObject: true })
         thumbs.push({ size, width: info.width, height: info.height, mimetype: out, bytes: data })
       }

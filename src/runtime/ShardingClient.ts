@@ -20,7 +20,7 @@ import type { Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import { performance } from "node:perf_hooks"
 import { ChorusConfig } from "../config/ChorusConfig.ts"
-import { Nats, NatsError } from "../transport/Nats.ts"
+import { Nats } from "../transport/Nats.ts"
 import { ActorAddress } from "./ActorAddress.ts"
 import type { Entity, FailureOf, SuccessOf } from "./Entity.ts"
 import * as Envelope from "./Envelope.ts"
@@ -50,7 +50,7 @@ export interface ShardingClientShape {
     id: string,
     message: Req,
     options?: { readonly commandId?: string }
-  ) => Effect.Effect<void, DeliveryError | NatsError>
+  ) => Effect.Effect<void, DeliveryError>
   readonly shardOf: (address: ActorAddress) => number
 }
 
