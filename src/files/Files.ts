@@ -476,7 +476,10 @@ export const make = Effect.gen(function*() {
         UPDATE files SET original_w = ${made.value.width}, original_h = ${made.value.height}, thumbs = ${JSON.stringify(thumbs)}::jsonb
         WHERE id = ${row.id} AND state = 'complete'
         RETURNING ${cols}`
-      return updated[0] ?? row
+      if (updated[0] !== undefined) return updated[0]
+      // Deleted meanwhile: its thumbnails must not outlive it.
+      yield* removeObjects({ storage_key: row.storage_key, thumbs })
+      return row
     }).pipe(
       Effect.catchAll((error) =>
         Effect.logWarning("thumbnails failed; the file has none", { file: row.id, error: String(error) }).pipe(Effect.as(row))

@@ -205,9 +205,11 @@ export const start = (
 
     const passivateAfterMs = Duration.toMillis(config.passivateAfter)
 
-    /** Removes the actor; what is still queued is answered "retry" (volatile) or left for redelivery (durable). */
+    /**
+     * Removes the actor (idempotent); what is still queued is answered "retry"
+     * (volatile) or left for redelivery (durable).
+     */
     const close = (instance: ActorInstance) => {
-      if (instance.closed && !actors.has(instance.key)) return
       instance.closed = true
       if (actors.get(instance.key) === instance) actors.delete(instance.key)
       if (instance.idleTimer !== undefined) clearTimeout(instance.idleTimer)

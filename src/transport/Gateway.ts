@@ -443,24 +443,17 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         slowConsumer(conn)
         return false
       }
-      if (coalesceMs > 0 && !conn.corked && !urgent) {
-        const now = performance.now()
-        const socket = now - conn.lastWrite < coalesceMs ? socketOf(conn) : undefined
-        if (socket !== undefined) {
-          socket.cork()
-          conn.corked = true
-          corked.add(conn)
-          flushTimer ??= setTimeout(flushCorked, coalesceMs)
-        } else {
-          conn.lastWrite = now
-        }
+      const now = performance.now()
+      const hold = coalesceMs > 0 && !urgent && !conn.corked && now - conn.lastWrite < coalesceMs ? socketOf(conn) : undefined
+      if (hold !== undefined) {
+        hold.cork()
+        conn.corked = true
+        corked.add(conn)
+        flushTimer ??= setTimeout(flushCorked, coalesceMs)
       }
       conn.ws.send(data, { binary: false })
-      if (urgent) {
-        const now = performance.now()
-        if (conn.corked) uncork(conn, now)
-        else conn.lastWrite = now
-      }
+      if (urgent && conn.corked) uncork(conn, now)
+      else if (!conn.corked) conn.lastWrite = now
       return true
     }
     /** A reply to the client's own frame: never held back. */

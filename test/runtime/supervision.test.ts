@@ -84,7 +84,7 @@ const faulty = Behaviour.sequential({
 type SoloRuntime = ManagedRuntime.ManagedRuntime<ShardingClient | Nats.Nats | RuntimeMetrics.RuntimeMetrics | Sharding.Sharding, unknown>
 
 /** One in-process node with its own database and NATS namespace, serving `faulty`. */
-const startSolo = async (bounds: { readonly mailboxCapacity: number; readonly maxBatch: number }) => {
+const startSolo = async (bounds: { readonly mailboxCapacity: number; readonly maxBatch: number; readonly requestTimeout?: Duration.Duration }) => {
   const db = await freshDatabase()
   const cluster = uniqueCluster()
   const config = ChorusConfig.layer({
@@ -218,7 +218,8 @@ describe("supervision", () => {
 describe("long mailboxes", () => {
   let big: Awaited<ReturnType<typeof startSolo>>
   beforeAll(async () => {
-    big = await startSolo({ mailboxCapacity: 5_000, maxBatch: 1 })
+    // Senders wait out the held message without retrying (a retry would queue a copy).
+    big = await startSolo({ mailboxCapacity: 5_000, maxBatch: 1, requestTimeout: Duration.seconds(15) })
   })
   afterAll(async () => {
     await big?.stop()
@@ -231,7 +232,10 @@ describe("long mailboxes", () => {
     expect(held).toContain("deep:0")
     // Queued behind the held message; once it is released they run back to back.
     const rest = Array.from({ length: 3_000 }, () => big.send((c) => c.send(Faulty, "deep", new Touch())))
-    await new Promise((r) => setTimeout(r, 500))
+    // Every one of them is in the mailbox before the gate opens.
+    const queued = () => big.runtime.runPromise(Effect.map(Effect.flatMap(Sharding.Sharding, (s) => s.held), (held) => held.reduce((n, h) => n + h.queued, 0)))
+    for (let i = 0; i < 800 && (await queued()) < 3_000; i++) await new Promise((r) => setTimeout(r, 25))
+    expect(await queued()).toBe(3_000)
     gate.resolve()
     const all = await Promise.all([first, ...rest])
     expect(all.filter(Exit.isSuccess)).toHaveLength(3_001)
