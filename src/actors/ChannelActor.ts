@@ -5,7 +5,8 @@
  *
  *   receive(batch)
  *     1. answer retries: a command id or `client_msg_id` seen before gets its original
- *        answer (recent window in memory, else one lookup for the whole batch);
+ *        answer (recent window in memory, else one lookup for the whole batch; an
+ *        older `client_msg_id` is looked up only once the commit finds it taken);
  *     2. load what the batch refers to and the cache lacks (messages and their
  *        reactions, thread parents, names wanted by renames): one query each;
  *     3. decide each command in order against a draft of the state (membership,
@@ -31,7 +32,7 @@
  */
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Effect, Exit, Layer, Option } from "effect"
+import { Clock, Data, Effect, Exit, Layer, Option } from "effect"
 import type { ChannelEvent, UserEvent } from "../domain/ChannelEvents.ts"
 import { canSee, typeOf } from "../domain/ConversationAccess.ts"
 import type { ChannelRow } from "../domain/SlackConversation.ts"
@@ -859,8 +860,15 @@ const preload = (state: State, wanted: Iterable<string>) =>
     yield* load([...parents])
   })
 
-/** Finds in PostgreSQL the answers of retried commands the window no longer holds. */
-const recallFromStore = (state: State, batch: ReadonlyArray<ChannelIncoming>) =>
+/**
+ * Finds in PostgreSQL the answers of retried commands the window no longer holds.
+ *
+ * A client may resend a `client_msg_id` at any time (after a reconnect), but almost
+ * never does: looking each one up would cost a query per post. So they are looked up
+ * only when `lookUpClientMsgIds`, which `receive` sets after a commit met one the
+ * channel already holds (its unique index refused the row).
+ */
+const recallFromStore = (state: State, batch: ReadonlyArray<ChannelIncoming>, lookUpClientMsgIds: boolean) =>
   Effect.gen(function*() {
     const store = yield* Channels
     const clientMsgIds: Array<string> = []
@@ -868,15 +876,16 @@ const recallFromStore = (state: State, batch: ReadonlyArray<ChannelIncoming>) =>
     for (const incoming of batch) {
       const key = keyOf(incoming)
       if (key === undefined || state.window.has(key)) continue
-      // A client may resend a client_msg_id at any time (after a reconnect): always
-      // look. A command id is only resent within one send, so a command first sent
-      // after this activation began was applied by it, if at all, and is in the window.
-      if (key.startsWith("m:")) clientMsgIds.push(key.slice(2))
-      else if (incoming.sentAt < state.activatedAt + skewMarginMs) commandIds.push(key.slice(2))
+      // A command id is only resent within one send, so a command first sent after
+      // this activation began was applied by it, if at all, and is in the window.
+      if (key.startsWith("m:")) {
+        if (lookUpClientMsgIds) clientMsgIds.push(key.slice(2))
+      } else if (incoming.sentAt < state.activatedAt + skewMarginMs) commandIds.push(key.slice(2))
     }
     // Before its creation, a channel has nothing stored.
     if (state.channel === undefined) return
     const now = Date.now()
+    if (clientMsgIds.length === 0 && commandIds.length === 0) return
     for (const row of yield* store.messagesByClientMsgId(state.id, [...new Set(clientMsgIds)])) {
       if (row.client_msg_id !== null) remember(state, clientMsgKey(row.client_msg_id), { _tag: "post", ts: row.ts, seq: row.seq, user: row.user_id }, now)
     }
@@ -967,6 +976,9 @@ const toExit = (outcome: Outcome): Exit.Exit<unknown, unknown> =>
 
 type Commit = { readonly _tag: "committed"; readonly totals: ReadonlyArray<ThreadTotals> } | { readonly _tag: "taken"; readonly existing: string | undefined }
 
+/** The commit met a `client_msg_id` the channel holds already (posted before the window). */
+class ClientMsgIdTaken extends Data.TaggedError("ClientMsgIdTaken")<{ readonly channel: string }> {}
+
 /** Writes a draft in one fenced transaction. A second writer makes the actor die. */
 const commit = (ctx: ActorContext, d: Draft) =>
   Effect.gen(function*() {
@@ -1001,9 +1013,12 @@ const commit = (ctx: ActorContext, d: Draft) =>
       deleteMembers,
       commands: d.commands
     }
+    // A taken client_msg_id is a resend to look up; any other conflict, a second writer.
     const dieOnConflict = <A>(effect: Effect.Effect<A, SqlError | FencedOut>) =>
       Effect.catchIf(effect, (error) => ChannelsStore.isUniqueViolation(error), (error) =>
-        Effect.die(new ChannelsStore.TimelineConflict(d.id, `unique constraint violated at commit: ${error.message}`)))
+        ChannelsStore.violatedConstraint(error) === ChannelsStore.clientMsgIdIndex
+          ? Effect.fail(new ClientMsgIdTaken({ channel: d.id }))
+          : Effect.die(new ChannelsStore.TimelineConflict(d.id, `unique constraint violated at commit: ${error.message}`)))
     if (!d.creating && !ChannelsStore.needsTransaction(write)) {
       yield* ctx.commit(ChannelsStore.rowWrites(write)).pipe(dieOnConflict)
       return { _tag: "committed", totals: [] } satisfies Commit
@@ -1062,7 +1077,8 @@ const createFirst = (ctx: ActorContext, state: State, batch: ReadonlyArray<Chann
       const d = new Draft(state, yield* nowMicros)
       const outcome = create(d, m)
       recordOutcome(d, incoming, outcome, 0)
-      const result = yield* commit(ctx, d)
+      // A creation posts no message, so it cannot meet a taken client_msg_id.
+      const result = yield* commit(ctx, d).pipe(Effect.catchTag("ClientMsgIdTaken", Effect.die))
       if (result._tag === "taken") {
         answers.set(
           incoming,
@@ -1080,16 +1096,39 @@ const createFirst = (ctx: ActorContext, state: State, batch: ReadonlyArray<Chann
 
 export const receive = (ctx: ActorContext, state: State, batch: ReadonlyArray<ChannelIncoming>) =>
   Effect.gen(function*() {
+    const answers = new Map<ChannelIncoming, Exit.Exit<unknown, unknown>>()
+    // Optimistic about client_msg_ids (see recallFromStore); the draft is discarded
+    // when one turns out taken, and the batch decided again knowing the stored ones.
+    const applied = yield* decideAndCommit(ctx, state, batch, answers, false).pipe(
+      Effect.catchTag("ClientMsgIdTaken", () => decideAndCommit(ctx, state, batch, answers, true)),
+      Effect.catchTag("ClientMsgIdTaken", (taken) =>
+        Effect.die(new ChannelsStore.TimelineConflict(taken.channel, "a client_msg_id taken after its lookup")))
+    )
+    for (const incoming of batch) settle(incoming, answers.get(incoming) ?? applied.get(incoming) ?? Exit.die(new Error("unanswered")))
+    return state
+  })
+
+/**
+ * Steps 1–5 of a batch; answers in `answers` (retries and creations, which survive a
+ * second attempt) and in the map returned (the draft's, once committed and published).
+ */
+const decideAndCommit = (
+  ctx: ActorContext,
+  state: State,
+  batch: ReadonlyArray<ChannelIncoming>,
+  answers: Map<ChannelIncoming, Exit.Exit<unknown, unknown>>,
+  lookUpClientMsgIds: boolean
+) =>
+  Effect.gen(function*() {
     const store = yield* Channels
     const publisher = yield* EventPublisher.EventPublisher
-    const answers = new Map<ChannelIncoming, Exit.Exit<unknown, unknown>>()
     const recalled = (incoming: ChannelIncoming) => {
       const key = keyOf(incoming)
       return key === undefined ? undefined : state.window.get(key)?.value
     }
 
     // 1. Retries of commands applied before this batch, and 2. what the batch refers to.
-    yield* recallFromStore(state, batch)
+    yield* recallFromStore(state, batch, lookUpClientMsgIds)
     const wanted: Array<string> = []
     for (const incoming of batch) {
       const remembered = recalled(incoming)
@@ -1135,13 +1174,13 @@ export const receive = (ctx: ActorContext, state: State, batch: ReadonlyArray<Ch
 
     // 5. Publish in seq order, then answer.
     yield* publisher.publish(d.outgoing)
-    for (const [incoming, outcome] of decided) answers.set(incoming, toExit(outcome))
+    const applied = new Map<ChannelIncoming, Exit.Exit<unknown, unknown>>()
+    for (const [incoming, outcome] of decided) applied.set(incoming, toExit(outcome))
     for (const [incoming, key] of repeats) {
       const remembered = state.window.get(key)?.value
-      answers.set(incoming, remembered === undefined ? Exit.die(new Error(`forgot ${key}`)) : replay(state, incoming, remembered))
+      applied.set(incoming, remembered === undefined ? Exit.die(new Error(`forgot ${key}`)) : replay(state, incoming, remembered))
     }
-    for (const incoming of batch) settle(incoming, answers.get(incoming) ?? Exit.die(new Error("unanswered")))
-    return state
+    return applied
   })
 
 export const behaviour = Behaviour.make({

@@ -157,6 +157,15 @@ export const isUniqueViolation = (error: unknown): boolean =>
   typeof error === "object" && error !== null && (error as { readonly _tag?: unknown })._tag === "SqlError" &&
   ((error as { readonly cause?: { readonly code?: unknown } }).cause?.code === "23505")
 
+/** The unique index a `client_msg_id` already posted to the channel violates. */
+export const clientMsgIdIndex = "messages_client_msg_id"
+
+/** The constraint a unique violation names (node-postgres reports it), if any. */
+export const violatedConstraint = (error: unknown): string | undefined => {
+  const constraint = (error as { readonly cause?: { readonly constraint?: unknown } } | null)?.cause?.constraint
+  return typeof constraint === "string" ? constraint : undefined
+}
+
 /** Whether `write` must go through `commit` (a transaction) rather than `rowWrites`. */
 export const needsTransaction = (write: BatchWrite): boolean =>
   write.deleteReactions.length > 0 || write.deleteMembers.length > 0 || write.recountThreads.length > 0

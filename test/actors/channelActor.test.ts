@@ -252,6 +252,16 @@ describe("idempotency (invariant 4)", () => {
     await actor.start()
     expect(actor.state?.window.has(`m:${cmid}`)).toBe(false)
     expect(await actor.send(post(alice, "hello", { client_msg_id: cmid }))).toMatchObject({ ts: first.ts, seq: first.seq })
+    // Between new posts in one batch: the commit finds it taken, and the batch is
+    // decided again, the new posts keeping consecutive seqs.
+    await actor.start()
+    const [before, resent, after] = await actor.batch([
+      post(bob, "new before", { client_msg_id: `${cmid}-3` }),
+      post(alice, "hello", { client_msg_id: cmid }),
+      post(bob, "new after")
+    ])
+    expect(unwrap(resent!)).toMatchObject({ ts: first.ts, seq: first.seq })
+    expect(unwrap(after!).seq).toBe(unwrap(before!).seq + 1)
     const rows = await h.query("SELECT ts FROM messages WHERE channel_id = $1 AND client_msg_id = $2", actor.id, cmid)
     expect(rows).toHaveLength(1)
     // Someone else cannot take over a client_msg_id.
