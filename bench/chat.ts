@@ -46,14 +46,28 @@ const RATES = values.rates!.split(",").map(Number)
 const CHANNELS = Number(values.channels)
 const SECONDS = Number(values.seconds)
 
-// ---- server CPU from /proc ---------------------------------------------------
-
+/** The nodes' group-commit histograms (chorus_group_commit_*), summed. */
+const groupCommits = async (urls: ReadonlyArray<string>) => {
+  let count = 0, oneTrip = 0, seconds = 0, batches = 0
+  for (const url of urls) {
+    const text = await (await fetch(`${url}/metrics`)).text()
+    const value = (pattern: RegExp) => Number(pattern.exec(text)?.[1] ?? 0)
+    for (const path of ["one_trip", "long"]) {
+      const n = value(new RegExp(`^chorus_group_commit_seconds_count\\{[^}]*path="${path}"[^}]*\\} (\\S+)`, "m"))
+      count += n
+      if (path === "one_trip") oneTrip += n
+      seconds += value(new RegExp(`^chorus_group_commit_seconds_sum\\{[^}]*path="${path}"[^}]*\\} (\\S+)`, "m"))
+    }
+    batches += value(/^chorus_group_commit_size_sum\{[^}]*\} (\S+)/m)
+  }
+  return { count, oneTrip, meanSize: batches / Math.max(1, count), meanSeconds: seconds / Math.max(1, count) }
+}
 
 // ---- cluster and members -----------------------------------------------------
 
 const cluster = await startCluster({
   nodes: 2,
-  env: { CHORUS_LOG_LEVEL: "WARN", CHORUS_RATE_LIMITS: "off", CHORUS_SHARDS: "64", CHORUS_DB_POOL: "16" }
+  env: { CHORUS_LOG_LEVEL: "WARN", CHORUS_RATE_LIMITS: "off", CHORUS_SHARDS: "64", CHORUS_DB_POOL: "16", CHORUS_GATEWAY_COALESCE_MS: "25" }
 })
 const serverPids = () => [...cluster.nodes.map((n) => n.pid!).filter(Boolean), ...pidsOf("nats-server"), ...pidsOf("postgres")]
 const serverCpu = () => serverPids().reduce((sum, pid) => sum + cpuSecondsOf(pid), 0)
@@ -219,6 +233,7 @@ try {
     }
   }))
   const ingestSeconds = (performance.now() - ingestStart) / 1000
+  const commits = await groupCommits(urls)
   const db = new pg.Client({ connectionString: cluster.databaseUrl })
   await db.connect()
   const stored = new Set((await db.query<{ client_msg_id: string }>("SELECT client_msg_id FROM messages WHERE client_msg_id LIKE 'ingest-%'")).rows.map((r) => r.client_msg_id))
@@ -235,6 +250,7 @@ try {
     ["persisted msg/s", "p50 ms", "p99 ms", "errors", "lost"],
     [[acked.length / ingestSeconds, percentile(ackLatencies, 50), percentile(ackLatencies, 99), ingestErrors, lost]]
   )
+  console.log(`group commits over the whole run (both nodes): ${commits.count} (${commits.oneTrip} in one round trip), ${commits.meanSize.toFixed(1)} actor batches each on average, ${(1000 * commits.meanSeconds).toFixed(1)} ms each on average`)
   const round = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? null : Math.round(n * 100) / 100)
   console.log(JSON.stringify({
     bench: "chat",

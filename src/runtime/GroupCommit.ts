@@ -12,11 +12,20 @@
  * submissions whose epoch is stale. If the merged transaction fails (a constraint
  * violated by one submission), each submission is retried alone, so only the culprit
  * gets the error.
+ *
+ * The usual case, where every fence holds, goes as one multi-statement query (one
+ * round trip, `oneTripText`); a moved fence sends the group the long way, which finds
+ * out whose.
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Deferred, Effect, Exit, Layer, Queue } from "effect"
+import { Context, Deferred, Effect, Exit, Layer, Option, Queue } from "effect"
+import { performance } from "node:perf_hooks"
 import { FencedOut } from "./RuntimeErrors.ts"
+import { RuntimeMetrics } from "./RuntimeMetrics.ts"
+import pg from "pg"
+
+const { escapeLiteral } = pg
 
 export type Cell = string | number | boolean | null | ReadonlyArray<string> | { readonly json: unknown }
 
@@ -121,36 +130,109 @@ export const mergeWrites = (writes: ReadonlyArray<Write>): ReadonlyArray<Group> 
 /** PostgreSQL accepts at most 65,535 bind parameters per statement. */
 const maxParams = 60_000
 
+/** How a cell gets into statement text: a bind parameter, or a literal. */
+type Placeholder = (cell: Cell, type: string | undefined) => string
+
+/** The statements of one merged group, each with the rows it covers. */
+const statementsOf = (group: Group, rowsPerStatement: number, place: () => Placeholder): Array<string> => {
+  const cols = group.columns
+  const write = group.write
+  const statements: Array<string> = []
+  for (let start = 0; start < group.rows.length; start += rowsPerStatement) {
+    const placeholder = place()
+    const tuples = group.rows.slice(start, start + rowsPerStatement).map((row) =>
+      `(${cols.map((c) => placeholder(row[c] ?? null, write._tag === "update" ? write.types[c] : undefined)).join(", ")})`
+    ).join(", ")
+    if (write._tag === "insert") {
+      const conflict = write.onConflict === undefined
+        ? ""
+        : write.onConflict.update === undefined || write.onConflict.update.length === 0
+        ? ` ON CONFLICT (${write.onConflict.target.map(checkName).join(", ")}) DO NOTHING`
+        : ` ON CONFLICT (${write.onConflict.target.map(checkName).join(", ")}) DO UPDATE SET ${write.onConflict.update.map((c) => `${checkName(c)} = EXCLUDED.${checkName(c)}`).join(", ")}`
+      statements.push(`INSERT INTO ${checkName(write.table)} (${cols.map(checkName).join(", ")}) VALUES ${tuples}${conflict}`)
+    } else {
+      const set = cols.filter((c) => !write.key.includes(c))
+      statements.push(`UPDATE ${checkName(write.table)} AS t SET ${set.map((c) => `${checkName(c)} = v.${checkName(c)}`).join(", ")} FROM (VALUES ${tuples}) AS v (${cols.map(checkName).join(", ")}) WHERE ${write.key.map((k) => `t.${checkName(k)} = v.${checkName(k)}`).join(" AND ")}`)
+    }
+  }
+  return statements
+}
+
 const runGroup = (sql: SqlClient.SqlClient, group: Group) =>
   Effect.gen(function*() {
-    const cols = group.columns
-    const perChunk = Math.max(1, Math.floor(maxParams / Math.max(1, cols.length)))
-    for (let start = 0; start < group.rows.length; start += perChunk) {
-      const rows = group.rows.slice(start, start + perChunk)
-      const params: Array<unknown> = []
-      const tuples = rows.map((row) =>
-        `(${cols.map((c) => {
-          params.push(toParam(row[c] ?? null))
-          const type = group.write._tag === "update" ? group.write.types[c] : undefined
-          return type === undefined ? `$${params.length}` : `$${params.length}::${type}`
-        }).join(", ")})`
-      ).join(", ")
-      const write = group.write
-      let text: string
-      if (write._tag === "insert") {
-        const conflict = write.onConflict === undefined
-          ? ""
-          : write.onConflict.update === undefined || write.onConflict.update.length === 0
-          ? ` ON CONFLICT (${write.onConflict.target.map(checkName).join(", ")}) DO NOTHING`
-          : ` ON CONFLICT (${write.onConflict.target.map(checkName).join(", ")}) DO UPDATE SET ${write.onConflict.update.map((c) => `${checkName(c)} = EXCLUDED.${checkName(c)}`).join(", ")}`
-        text = `INSERT INTO ${checkName(write.table)} (${cols.map(checkName).join(", ")}) VALUES ${tuples}${conflict}`
-      } else {
-        const set = cols.filter((c) => !write.key.includes(c))
-        text = `UPDATE ${checkName(write.table)} AS t SET ${set.map((c) => `${checkName(c)} = v.${checkName(c)}`).join(", ")} FROM (VALUES ${tuples}) AS v (${cols.map(checkName).join(", ")}) WHERE ${write.key.map((k) => `t.${checkName(k)} = v.${checkName(k)}`).join(" AND ")}`
+    let params: Array<unknown> = []
+    const place = (): Placeholder => {
+      params = []
+      return (cell, type) => {
+        params.push(toParam(cell))
+        return type === undefined ? `$${params.length}` : `$${params.length}::${type}`
       }
-      yield* sql.unsafe(text, params)
+    }
+    const rowsPerStatement = Math.max(1, Math.floor(maxParams / Math.max(1, group.columns.length)))
+    for (let start = 0; start < group.rows.length; start += rowsPerStatement) {
+      const part = { ...group, rows: group.rows.slice(start, start + rowsPerStatement) }
+      const [text] = statementsOf(part, rowsPerStatement, place)
+      yield* sql.unsafe(text!, params)
     }
   })
+
+/** A cell as an SQL literal; undefined for what only a bind parameter can carry. */
+const literalOf = (cell: Cell): string | undefined => {
+  if (cell === null) return "NULL"
+  if (typeof cell === "string") return cell.includes("\u0000") ? undefined : escapeLiteral(cell)
+  if (typeof cell === "number") return Number.isFinite(cell) ? String(cell) : undefined
+  if (typeof cell === "boolean") return cell ? "TRUE" : "FALSE"
+  if (Array.isArray(cell)) {
+    if (cell.some((s) => s.includes("\u0000"))) return undefined
+    return cell.length === 0 ? "'{}'" : `ARRAY[${cell.map((s) => escapeLiteral(s)).join(", ")}]`
+  }
+  const text = JSON.stringify((cell as { json: unknown }).json)
+  return text === undefined || text.includes("\\u0000") ? undefined : escapeLiteral(text)
+}
+
+class NotLiteral extends Error {}
+
+/** SQLSTATE raised by `chorus_fence_check` (migration 0012) when a fence moved. */
+const fenceMoved = "CH001"
+
+const sqlStateOf = (error: unknown): unknown => (error as { readonly cause?: { readonly code?: unknown } } | null)?.cause?.code
+
+/**
+ * The whole group as ONE simple-protocol query: the fence check, then every merged
+ * statement with its values as literals. PostgreSQL runs a multi-statement query as
+ * one implicit transaction (all or nothing), so this is the transaction of
+ * `commitTogether` in one round trip instead of one per statement plus BEGIN and
+ * COMMIT; on this kind of machine a round trip (two process wake-ups) costs more than
+ * the statement. Undefined when a value cannot be a literal, or when two submissions
+ * of one shard disagree on its epoch: then `commitTogether` does it the long way.
+ */
+const oneTripText = (batch: ReadonlyArray<Submission>): string | undefined => {
+  const epochs = new Map<string, Map<number, number>>()
+  for (const s of batch) {
+    const shards = epochs.get(s.cluster) ?? new Map<number, number>()
+    epochs.set(s.cluster, shards)
+    const known = shards.get(s.shard)
+    if (known !== undefined && known !== s.epoch) return undefined
+    shards.set(s.shard, s.epoch)
+  }
+  const statements: Array<string> = []
+  for (const [cluster, shards] of epochs) {
+    const sorted = [...shards].sort((a, b) => a[0] - b[0])
+    statements.push(`SELECT chorus_fence_check(${escapeLiteral(cluster)}, ARRAY[${sorted.map(([shard]) => shard).join(", ")}]::integer[], ARRAY[${sorted.map(([, epoch]) => epoch).join(", ")}]::bigint[])`)
+  }
+  const place = (): Placeholder => (cell, type) => {
+    const literal = literalOf(cell)
+    if (literal === undefined) throw new NotLiteral()
+    return type === undefined ? literal : `${literal}::${type}`
+  }
+  try {
+    for (const group of mergeWrites(batch.flatMap((s) => s.writes))) statements.push(...statementsOf(group, group.rows.length, place))
+  } catch (error) {
+    if (error instanceof NotLiteral) return undefined
+    throw error
+  }
+  return statements.join(";\n")
+}
 
 /**
  * Runs submissions in one transaction; returns, per submission, whether it was
@@ -203,9 +285,29 @@ export const make = (options: GroupCommitOptions) =>
         return Deferred.done(s.done, f === undefined ? Exit.void : Exit.fail(f))
       }, { discard: true })
 
+    const metrics = Option.getOrUndefined(yield* Effect.serviceOption(RuntimeMetrics))
+    const timed = <A, E>(path: "one_trip" | "long", effect: Effect.Effect<A, E>) =>
+      metrics === undefined ? effect : Effect.suspend(() => {
+        const started = performance.now()
+        return Effect.ensuring(effect, Effect.sync(() => metrics.groupCommitSeconds.observe({ path }, (performance.now() - started) / 1000)))
+      })
+
+    /** One round trip when it can (`oneTripText`); the long way when a fence moved. */
+    const commitBatch = (batch: ReadonlyArray<Submission>) =>
+      Effect.suspend(() => {
+        metrics?.groupCommitSize.observe(batch.length)
+        const text = oneTripText(batch)
+        const long = timed("long", commitTogether(sql, batch))
+        if (text === undefined) return long
+        return timed("one_trip", sql.unsafe(text)).pipe(
+          Effect.as(new Map<Submission, FencedOut>()),
+          Effect.catchIf((error) => sqlStateOf(error) === fenceMoved, () => long)
+        )
+      })
+
     const loop = Effect.gen(function*() {
       const batch = [...(yield* Queue.takeBetween(queue, 1, options.maxGroup))]
-      const together = yield* commitTogether(sql, batch).pipe(Effect.exit)
+      const together = yield* commitBatch(batch).pipe(Effect.exit)
       if (Exit.isSuccess(together)) return yield* settle(batch, together.value)
       if (batch.length === 1) return yield* Deferred.done(batch[0]!.done, Exit.failCause(together.cause) as Exit.Exit<void, SqlError | FencedOut>)
       // One of them broke the merged transaction: commit each alone, so only it fails.

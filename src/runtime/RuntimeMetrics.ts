@@ -18,6 +18,8 @@ export interface RuntimeMetricsShape {
   readonly deadLetters: Prom.Counter<"type">
   readonly leaseChanges: Prom.Counter<"change">
   readonly sendSeconds: Prom.Histogram<"delivery">
+  readonly groupCommitSeconds: Prom.Histogram<"path">
+  readonly groupCommitSize: Prom.Histogram
 }
 
 export class RuntimeMetrics extends Context.Tag("chorus/runtime/RuntimeMetrics")<RuntimeMetrics, RuntimeMetricsShape>() {}
@@ -65,6 +67,19 @@ export const make = (nodeId: string): RuntimeMetricsShape => {
       help: "Round trip of requests sent from this process to actors",
       labelNames: ["delivery"],
       buckets: latencyBuckets,
+      registers: [registry]
+    }),
+    groupCommitSeconds: new Prom.Histogram({
+      name: "chorus_group_commit_seconds",
+      help: "PostgreSQL time of one group commit (one_trip: a single query; long: fences checked one by one)",
+      labelNames: ["path"],
+      buckets: latencyBuckets,
+      registers: [registry]
+    }),
+    groupCommitSize: new Prom.Histogram({
+      name: "chorus_group_commit_size",
+      help: "Actor batches merged into one group commit",
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
       registers: [registry]
     })
   }

@@ -73,6 +73,7 @@ import type { PresenceSubscriber } from "./EdgePresence.ts"
 import { EdgePresence } from "./EdgePresence.ts"
 import * as GatewayMetrics from "./GatewayMetrics.ts"
 import * as Protocol from "./GatewayProtocol.ts"
+import * as WireFrame from "./WireFrame.ts"
 import type { TicketClaims } from "./GatewayTickets.ts"
 import { GatewayTickets } from "./GatewayTickets.ts"
 import { ApiError } from "./ApiMethod.ts"
@@ -234,8 +235,9 @@ interface Conn {
   setup: Promise<void>
   /** When frames were last written out (performance.now()), for write coalescing. */
   lastWrite: number
-  /** Its socket is corked: frames wait for the next coalescing flush. */
-  corked: boolean
+  /** Wire frames waiting for the next coalescing flush, and their size. */
+  held: Array<Buffer>
+  heldBytes: number
 }
 
 interface Attachment {
@@ -384,6 +386,14 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     const closeConn = (conn: Conn, code: number, reason: string) => {
       if (conn.closed) return
       conn.closed = true
+      // Held frames go before the close frame, unless the client is not reading.
+      if (reason === "slow_consumer") {
+        holding.delete(conn)
+        conn.held = []
+        conn.heldBytes = 0
+      } else {
+        writeHeld(conn, performance.now())
+      }
       metrics.closes.inc({ reason })
       log(LogLevel.Info, "socket closing", { ...connFields(conn), code, reason })
       try {
@@ -399,7 +409,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     const slowConsumer = (conn: Conn) => {
       if (conn.closed) return
       metrics.slowConsumerCloses.inc()
-      log(LogLevel.Warning, "slow consumer", { ...connFields(conn), buffered: conn.ws.bufferedAmount })
+      log(LogLevel.Warning, "slow consumer", { ...connFields(conn), buffered: backlog(conn) })
       closeConn(conn, Protocol.CloseCodes.slowConsumer, "slow_consumer")
     }
 
@@ -410,50 +420,66 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
 
     // ---- write coalescing -----------------------------------------------------------
     //
-    // Socket writes were half of a gateway's CPU under fan-out: one system call per
-    // frame per socket. A socket that was written to within `coalesceWrites` is corked
-    // instead, and every corked socket is uncorked by one timer: the frames that queued
-    // meanwhile go out in one write. `ws` corks around each frame itself; the count
-    // nests, so its uncork does not flush ours. Closing a socket flushes it (end uncorks).
+    // Socket writes were most of a gateway's CPU under fan-out: a system call per frame
+    // per socket. A socket written to within `coalesceWrites` holds further frames
+    // (complete wire frames, WireFrame.ts) in a list instead, and one timer writes every
+    // socket's list out as one buffer. Held frames go straight to the TCP socket, ahead
+    // of anything `ws` writes next (replies, the close frame), so order is kept.
 
-    const corked = new Set<Conn>()
+    const holding = new Set<Conn>()
     let flushTimer: ReturnType<typeof setTimeout> | undefined
     /** The connection's TCP socket (`ws` keeps it as `_socket`); undefined if it has none. */
     const socketOf = (conn: Conn): Duplex | undefined => (conn.ws as unknown as { readonly _socket?: Duplex })._socket
-    const uncork = (conn: Conn, now: number) => {
-      conn.corked = false
+    /** Bytes written but not yet taken by the kernel, and held by us. */
+    const backlog = (conn: Conn) => conn.ws.bufferedAmount + conn.heldBytes
+    const writeHeld = (conn: Conn, now: number) => {
+      if (conn.held.length === 0) return
+      const frames = conn.held
+      const bytes = conn.heldBytes
+      conn.held = []
+      conn.heldBytes = 0
       conn.lastWrite = now
-      corked.delete(conn)
-      socketOf(conn)?.uncork()
+      holding.delete(conn)
+      if (conn.ws.readyState !== conn.ws.OPEN) return
+      socketOf(conn)?.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames, bytes))
     }
-    const flushCorked = () => {
+    const flushHeld = () => {
       flushTimer = undefined
       const now = performance.now()
-      for (const conn of corked) uncork(conn, now)
+      for (const conn of holding) writeHeld(conn, now)
     }
 
     /**
-     * Writes a text frame; false (and the socket closed) when it is a slow consumer or
-     * gone. `urgent` frames (replies to the client) are written at once, with whatever
-     * is held before them.
+     * Writes a text frame (a payload, or a wire frame shared by many sockets); false
+     * (and the socket closed) when it is a slow consumer or gone. `urgent` frames
+     * (replies to the client) are written at once, after whatever is held.
      */
-    const send = (conn: Conn, data: Bytes, urgent = false): boolean => {
+    const send = (conn: Conn, data: Bytes, urgent = false, wire?: Buffer): boolean => {
       if (conn.closed) return false
-      if (conn.ws.bufferedAmount > o.maxBufferedBytes) {
+      if (backlog(conn) > o.maxBufferedBytes) {
         slowConsumer(conn)
         return false
       }
       const now = performance.now()
-      const hold = coalesceMs > 0 && !urgent && !conn.corked && now - conn.lastWrite < coalesceMs ? socketOf(conn) : undefined
-      if (hold !== undefined) {
-        hold.cork()
-        conn.corked = true
-        corked.add(conn)
-        flushTimer ??= setTimeout(flushCorked, coalesceMs)
+      if (urgent) {
+        writeHeld(conn, now)
+        conn.ws.send(data, { binary: false })
+        conn.lastWrite = now
+        return true
       }
-      conn.ws.send(data, { binary: false })
-      if (urgent && conn.corked) uncork(conn, now)
-      else if (!conn.corked) conn.lastWrite = now
+      const frame = wire ?? WireFrame.textFrame(data)
+      const socket = socketOf(conn)
+      if (socket === undefined || conn.ws.readyState !== conn.ws.OPEN) {
+        conn.ws.send(data, { binary: false })
+      } else if (coalesceMs > 0 && (conn.held.length > 0 || now - conn.lastWrite < coalesceMs)) {
+        conn.held.push(frame)
+        conn.heldBytes += frame.byteLength
+        holding.add(conn)
+        flushTimer ??= setTimeout(flushHeld, coalesceMs)
+      } else {
+        socket.write(frame)
+        conn.lastWrite = now
+      }
       return true
     }
     /** A reply to the client's own frame: never held back. */
@@ -462,7 +488,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     /** Waits until the socket's buffer is below a quarter of the bound; false if it does not drain in time. */
     const drained = async (conn: Conn): Promise<boolean> => {
       const deadline = Date.now() + graceMs
-      while (!conn.closed && conn.ws.bufferedAmount > o.maxBufferedBytes / 4) {
+      while (!conn.closed && backlog(conn) > o.maxBufferedBytes / 4) {
         if (Date.now() > deadline) return false
         await new Promise((resolve) => setTimeout(resolve, 20))
       }
@@ -510,7 +536,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     }
 
     /** Writes live event `seq` to an attachment if it is exactly the next one. */
-    const deliverLive = (att: Attachment, seq: number, data: Bytes): boolean => {
+    const deliverLive = (att: Attachment, seq: number, data: Bytes, wire: Buffer): boolean => {
       const conn = att.conn
       if (!conn.live || att.detached || seq <= att.cursor) return false
       if (att.until !== undefined && seq > att.until) {
@@ -521,7 +547,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         ensureReplay(att)
         return false
       }
-      if (!send(conn, data)) return false
+      if (!send(conn, data, false, wire)) return false
       att.cursor = seq
       if (att.until === seq) detach(att)
       return true
@@ -565,7 +591,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
             detach(att)
             return
           }
-          if (conn.ws.bufferedAmount > o.maxBufferedBytes / 2) {
+          if (backlog(conn) > o.maxBufferedBytes / 2) {
             if (!(await drained(conn))) {
               slowConsumer(conn)
               return
@@ -776,7 +802,8 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       }
       // Counted once per event, not per socket: a label lookup per delivery was measurable.
       let delivered = 0
-      for (const att of feed.members) if (deliverLive(att, seq, data)) delivered++
+      const wire = WireFrame.textFrame(data)
+      for (const att of feed.members) if (deliverLive(att, seq, data, wire)) delivered++
       if (delivered > 0) metrics.eventsDelivered.inc({ source: "live" }, delivered)
       const leaver = leaverOf(event)
       if (leaver !== undefined) {
@@ -794,8 +821,9 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         if (now - (feed.typingFrom.get(from) ?? 0) < typingMs * 0.8) return
         feed.typingFrom.set(from, now)
       }
+      const wire = WireFrame.textFrame(data)
       for (const att of feed.members) {
-        if (att.conn.live && att.until === undefined && att.conn.user !== from) send(att.conn, data)
+        if (att.conn.live && att.until === undefined && att.conn.user !== from) send(att.conn, data, false, wire)
       }
     }
 
@@ -893,7 +921,8 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         attachments: new Map(),
         lastSeen: Date.now(),
         lastWrite: Number.NEGATIVE_INFINITY,
-        corked: false,
+        held: [],
+        heldBytes: 0,
         live: false,
         closed: false,
         userBacklog: [],
@@ -1226,7 +1255,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         if (upgradeRoutes.get(server) === onUpgrade) upgradeRoutes.delete(server)
         clearInterval(sweep)
         if (flushTimer !== undefined) clearTimeout(flushTimer)
-        flushCorked()
+        flushHeld()
         const all = [...conns.values()]
         if (all.length > 0) log(LogLevel.Info, "gateway closing: goodbye to every socket", { sockets: all.length })
         const closed = all.map((conn) =>
@@ -1235,7 +1264,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
             conn.ws.once("close", () => resolve())
             if (!conn.closed) {
               // Past the buffer bound the goodbye could not go out anyway.
-              if (conn.ws.bufferedAmount <= o.maxBufferedBytes) conn.ws.send(Protocol.goodbye)
+              if (backlog(conn) <= o.maxBufferedBytes) reply(conn, Protocol.goodbye)
               closeConn(conn, Protocol.CloseCodes.goingAway, "going_away")
             }
           })

@@ -84,7 +84,7 @@ const faulty = Behaviour.sequential({
 type SoloRuntime = ManagedRuntime.ManagedRuntime<ShardingClient | Nats.Nats | RuntimeMetrics.RuntimeMetrics | Sharding.Sharding, unknown>
 
 /** One in-process node with its own database and NATS namespace, serving `faulty`. */
-const startSolo = async (bounds: { readonly mailboxCapacity: number; readonly maxBatch: number; readonly requestTimeout?: Duration.Duration }) => {
+const startSolo = async (bounds: { readonly mailboxCapacity: number; readonly maxBatch: number; readonly requestTimeout?: Duration.Duration; readonly failureTimeout?: Duration.Duration; readonly requestDeadline?: Duration.Duration }) => {
   const db = await freshDatabase()
   const cluster = uniqueCluster()
   const config = ChorusConfig.layer({
@@ -96,8 +96,8 @@ const startSolo = async (bounds: { readonly mailboxCapacity: number; readonly ma
     maxRestarts: 2,
     restartWindow: Duration.seconds(30),
     passivateAfter: Duration.millis(300),
-    ...bounds,
-    requestDeadline: Duration.seconds(20)
+    requestDeadline: Duration.seconds(20),
+    ...bounds
   })
   const infra = Layer.mergeAll(
     Nats.layer({ servers: natsUrl(), cluster, name: "solo", provision: true }),
@@ -219,7 +219,10 @@ describe("long mailboxes", () => {
   let big: Awaited<ReturnType<typeof startSolo>>
   beforeAll(async () => {
     // Senders wait out the held message without retrying (a retry would queue a copy).
-    big = await startSolo({ mailboxCapacity: 5_000, maxBatch: 1, requestTimeout: Duration.seconds(15) })
+    // Generous: on a loaded machine queueing 3,000 messages can take many seconds, and
+    // sending them all from this process can stall its event loop past the default
+    // 1 s failure timeout, which would make the node give up its own shards.
+    big = await startSolo({ mailboxCapacity: 5_000, maxBatch: 1, requestTimeout: Duration.seconds(90), requestDeadline: Duration.seconds(120), failureTimeout: Duration.seconds(10) })
   })
   afterAll(async () => {
     await big?.stop()
@@ -228,16 +231,16 @@ describe("long mailboxes", () => {
   it("thousands of queued messages handled one batch at a time, synchronously, without growing the stack", async () => {
     gate = latch()
     const first = big.send((c) => c.send(Faulty, "deep", new Hold({ n: 0 })))
-    for (let i = 0; i < 200 && !held.includes("deep:0"); i++) await new Promise((r) => setTimeout(r, 25))
+    for (let i = 0; i < 800 && !held.includes("deep:0"); i++) await new Promise((r) => setTimeout(r, 25))
     expect(held).toContain("deep:0")
     // Queued behind the held message; once it is released they run back to back.
     const rest = Array.from({ length: 3_000 }, () => big.send((c) => c.send(Faulty, "deep", new Touch())))
     // Every one of them is in the mailbox before the gate opens.
     const queued = () => big.runtime.runPromise(Effect.map(Effect.flatMap(Sharding.Sharding, (s) => s.held), (held) => held.reduce((n, h) => n + h.queued, 0)))
-    for (let i = 0; i < 800 && (await queued()) < 3_000; i++) await new Promise((r) => setTimeout(r, 25))
+    for (let i = 0; i < 2_400 && (await queued()) < 3_000; i++) await new Promise((r) => setTimeout(r, 25))
     expect(await queued()).toBe(3_000)
     gate.resolve()
     const all = await Promise.all([first, ...rest])
     expect(all.filter(Exit.isSuccess)).toHaveLength(3_001)
-  }, 60_000)
+  }, 150_000)
 })

@@ -15,6 +15,7 @@ import m0009 from "./0009_search.ts"
 import m0007 from "./0007_read_state.ts"
 import m0010 from "./0010_apps.ts"
 import m0011 from "./0011_thumbnails.ts"
+import m0012 from "./0012_fence_check.ts"
 
 export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>> = {
   "0001_runtime": m0001,
@@ -27,5 +28,6 @@ export const migrations: Record<string, Effect.Effect<void, unknown, SqlClient.S
   "0009_search": m0009,
   "0007_read_state": m0007,
   "0010_apps": m0010,
-  "0011_thumbnails": m0011
+  "0011_thumbnails": m0011,
+  "0012_fence_check": m0012
 }
