@@ -37,6 +37,8 @@ export interface ShardRunner {
   readonly handled: () => number
   /** Completes when the shard must stop because it was fenced out. */
   readonly fenced: Deferred.Deferred<FencedOut>
+  /** A volatile request from this process (as one over NATS, without the round trip through it). */
+  readonly request: (data: Uint8Array, respond: (reply: Uint8Array) => void) => void
   /** Stops intake, lets in-flight batches finish, passivates every actor. */
   readonly stop: Effect.Effect<void>
 }
@@ -445,16 +447,17 @@ export const start = (
       return { _tag: "ok", instance, item }
     }
 
-    // Volatile requests: answered over core NATS; a full mailbox answers at once.
-    const onRequest = (msg: Msg) => {
+    // Volatile requests: answered over core NATS (or in process, `request`); a full
+    // mailbox answers at once.
+    const request = (data: Uint8Array, respond: (reply: Uint8Array) => void) => {
       if (stopped) {
-        const id = Envelope.decodeRequest(msg.data).pipe(Either.map((e) => e.id), Either.getOrElse(() => ""))
-        msg.respond(retryReply(id))
+        const id = Envelope.decodeRequest(data).pipe(Either.map((e) => e.id), Either.getOrElse(() => ""))
+        respond(retryReply(id))
         return
       }
-      const decoded = decode(msg.data, "volatile", () => (data) => msg.respond(data), () => {})
+      const decoded = decode(data, "volatile", () => respond, () => {})
       if (decoded._tag === "bad") {
-        if (decoded.reply !== undefined) msg.respond(decoded.reply)
+        if (decoded.reply !== undefined) respond(decoded.reply)
         runFork(Effect.logWarning("malformed request", { shard, reason: decoded.reason }))
         return
       }
@@ -462,6 +465,7 @@ export const start = (
         failItems([decoded.item], new MailboxFull({ address: decoded.item.envelope.to }), false)
       }
     }
+    const onRequest = (msg: Msg) => request(msg.data, (reply) => msg.respond(reply))
 
     const subscription: Subscription = nats.nc.subscribe(nats.names.requestSubject(shard), {
       callback: (error, msg) => {
@@ -569,6 +573,7 @@ export const start = (
       lease,
       fenced,
       stop,
+      request,
       actorCount: () => actors.size,
       queuedMessages: () => {
         let n = 0

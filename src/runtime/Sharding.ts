@@ -19,6 +19,8 @@ import { ChorusConfig } from "../config/ChorusConfig.ts"
 import { Nats } from "../transport/Nats.ts"
 import type { RunnableBehaviour } from "./Behaviour.ts"
 import { GroupCommit } from "./GroupCommit.ts"
+import type { LocalShardsShape } from "./LocalShards.ts"
+import { LocalShards } from "./LocalShards.ts"
 import { Membership } from "./Membership.ts"
 import type { MembershipView } from "./Membership.ts"
 import * as Ring from "./Ring.ts"
@@ -47,6 +49,8 @@ export interface ShardingShape {
   readonly draining: Effect.Effect<boolean>
   /** Runs a reconcile pass soon. */
   readonly kick: Effect.Effect<void>
+  /** The runners held here, for in-process requests. */
+  readonly local: LocalShardsShape
 }
 
 export class Sharding extends Context.Tag("chorus/runtime/Sharding")<Sharding, ShardingShape>() {}
@@ -274,11 +278,21 @@ export const make = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
       held: held_,
       drain,
       draining: Ref.get(drainingRef),
-      kick
+      kick,
+      local: {
+        request: (shard, data, respond) => {
+          const runner = held.get(shard)?.runner
+          if (runner === undefined) return false
+          runner.request(data, respond)
+          return true
+        }
+      }
     } satisfies ShardingShape
   })
 
-export const layer = (behaviours: ReadonlyArray<RunnableBehaviour>) => Layer.scoped(Sharding, make(behaviours))
+/** Sharding, and LocalShards over the same runners (for this process's ShardingClient). */
+export const layer = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
+  Layer.effect(LocalShards, Effect.map(Sharding, (sharding) => sharding.local)).pipe(Layer.provideMerge(Layer.scoped(Sharding, make(behaviours))))
 
 export const waitUntilServing = (minShards: number, timeout: Duration.DurationInput) =>
   Effect.gen(function*() {

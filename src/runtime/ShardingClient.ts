@@ -5,7 +5,8 @@
  *
  * - volatile: core NATS request to `<cluster>.req.<shard>`; on no responder (the shard
  *   is moving), a timeout or a "retry" answer, it retries with the same command id
- *   and jittered backoff until `requestDeadline`.
+ *   and jittered backoff until `requestDeadline`. In a node, a request to a shard the
+ *   node serves skips NATS and goes to the local runner (LocalShards.ts).
  * - durable: JetStream publish to `<cluster>.cmd.<shard>` with the command id as
  *   `Nats-Msg-Id` (the stream drops duplicates), then waits for the owner's reply on
  *   this client's inbox. The publish ack means the command is stored: it will be
@@ -24,6 +25,7 @@ import { Nats } from "../transport/Nats.ts"
 import { ActorAddress } from "./ActorAddress.ts"
 import type { Entity, FailureOf, SuccessOf } from "./Entity.ts"
 import * as Envelope from "./Envelope.ts"
+import { LocalShards } from "./LocalShards.ts"
 import { shardOf } from "./Ring.ts"
 import type { DeliveryError } from "./RuntimeErrors.ts"
 import { DeliveryTimeout, MalformedMessage } from "./RuntimeErrors.ts"
@@ -63,6 +65,7 @@ export const make = (metrics?: RuntimeMetricsShape) =>
   Effect.gen(function*() {
     const config = yield* ChorusConfig
     const nats = yield* Nats
+    const local = Option.getOrUndefined(yield* Effect.serviceOption(LocalShards))
     const timeoutMs = Duration.toMillis(config.requestTimeout)
     const deadlineMs = Duration.toMillis(config.requestDeadline)
 
@@ -109,6 +112,35 @@ export const make = (metrics?: RuntimeMetricsShape) =>
         })
       })
 
+    /** The same request to a runner of this process, when it serves the shard. */
+    const requestLocally = (shard: number, data: Uint8Array): Effect.Effect<RequestAnswer> | undefined => {
+      if (local === undefined) return undefined
+      let answer: RequestAnswer | undefined
+      let resumeWith: ((answer: RequestAnswer) => void) | undefined
+      const respond = (reply: Uint8Array) => {
+        const a: RequestAnswer = { _tag: "Reply", data: reply }
+        if (resumeWith !== undefined) resumeWith(a)
+        else answer ??= a
+      }
+      if (!local.request(shard, data, respond)) return undefined
+      return Effect.async<RequestAnswer>((resume) => {
+        if (answer !== undefined) return resume(Effect.succeed(answer))
+        const timer = setTimeout(() => {
+          resumeWith = undefined
+          resume(Effect.succeed(timedOut))
+        }, timeoutMs)
+        resumeWith = (a) => {
+          resumeWith = undefined
+          clearTimeout(timer)
+          resume(Effect.succeed(a))
+        }
+        return Effect.sync(() => {
+          resumeWith = undefined
+          clearTimeout(timer)
+        })
+      })
+    }
+
     const addressShard = (address: ActorAddress) => shardOf(String(address), config.shards)
 
     const decodeAnswer = <Req extends Schema.TaggedRequest.All>(
@@ -143,13 +175,14 @@ export const make = (metrics?: RuntimeMetricsShape) =>
     ): Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError> =>
       Effect.gen(function*() {
         const msg = yield* encode(entity, address, message)
-        const subject = nats.names.requestSubject(addressShard(address))
+        const shard = addressShard(address)
+        const subject = nats.names.requestSubject(shard)
         const started = performance.now()
         // One logical command, one send time: retries keep the first attempt's, which
         // owners use to tell commands a previous owner may have applied.
         const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, t: firstSentAt })
         for (let attempt = 0;; attempt++) {
-          const answer = yield* request(subject, data)
+          const answer = yield* (requestLocally(shard, data) ?? request(subject, data))
           if (answer._tag === "Reply") {
             const reply = Envelope.decodeReply(answer.data)
             if (Either.isLeft(reply)) return yield* new MalformedMessage({ address: String(address), reason: reply.left })

@@ -185,6 +185,15 @@ describe("supervision", () => {
     expect(await send((c) => c.send(Faulty, "d", new Touch()))).toMatchObject({ _tag: "Success" })
   })
 
+  it("a request to a shard this process serves is answered in process, not through NATS", async () => {
+    const published = () => runtime.runPromise(Effect.map(Nats.Nats, (nats) => nats.nc.stats().outMsgs))
+    const before = await published()
+    for (let i = 0; i < 100; i++) expect(await send((c) => c.send(Faulty, `local-${i % 10}`, new Touch()))).toMatchObject({ _tag: "Success" })
+    // Over NATS each would publish a request and a reply (200 at least); what remains
+    // is the node's own heartbeats and lease renewals meanwhile.
+    expect(await published() - before).toBeLessThan(60)
+  })
+
   it("a full mailbox answers MailboxFull to volatile senders at once, and holds durable ones back without losing any", async () => {
     const until = async (what: () => boolean) => {
       for (let i = 0; i < 200 && !what(); i++) await new Promise((r) => setTimeout(r, 25))
