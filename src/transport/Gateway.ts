@@ -449,41 +449,49 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       for (const conn of holding) writeHeld(conn, now)
     }
 
-    /**
-     * Writes a text frame (a payload, or a wire frame shared by many sockets); false
-     * (and the socket closed) when it is a slow consumer or gone. `urgent` frames
-     * (replies to the client) are written at once, after whatever is held.
-     */
-    const send = (conn: Conn, data: Bytes, urgent = false, wire?: Buffer): boolean => {
+    /** Whether `conn` takes another frame; a slow consumer is closed instead. */
+    const writable = (conn: Conn): boolean => {
       if (conn.closed) return false
       if (backlog(conn) > o.maxBufferedBytes) {
         slowConsumer(conn)
         return false
       }
-      const now = performance.now()
-      if (urgent) {
-        writeHeld(conn, now)
-        conn.ws.send(data, { binary: false })
-        conn.lastWrite = now
-        return true
-      }
-      const frame = wire ?? WireFrame.textFrame(data)
+      return true
+    }
+
+    /**
+     * Writes a wire frame (WireFrame.ts; events share one across sockets), or holds it
+     * for the next flush if the socket was written to within `coalesceMs`; false when
+     * the socket is gone or closed as a slow consumer. The fan-out hot path: one call
+     * per delivery, always with a Buffer.
+     */
+    const sendFrame = (conn: Conn, wire: Buffer): boolean => {
+      if (!writable(conn)) return false
       const socket = socketOf(conn)
-      if (socket === undefined || conn.ws.readyState !== conn.ws.OPEN) {
-        conn.ws.send(data, { binary: false })
-      } else if (coalesceMs > 0 && (conn.held.length > 0 || now - conn.lastWrite < coalesceMs)) {
-        conn.held.push(frame)
-        conn.heldBytes += frame.byteLength
+      if (socket === undefined || conn.ws.readyState !== conn.ws.OPEN) return false
+      const now = performance.now()
+      if (coalesceMs > 0 && (conn.held.length > 0 || now - conn.lastWrite < coalesceMs)) {
+        conn.held.push(wire)
+        conn.heldBytes += wire.byteLength
         holding.add(conn)
         flushTimer ??= setTimeout(flushHeld, coalesceMs)
       } else {
-        socket.write(frame)
+        socket.write(wire)
         conn.lastWrite = now
       }
       return true
     }
-    /** A reply to the client's own frame: never held back. */
-    const reply = (conn: Conn, data: Bytes): boolean => send(conn, data, true)
+    /** A text frame to one socket. */
+    const send = (conn: Conn, data: Bytes): boolean => sendFrame(conn, WireFrame.textFrame(data))
+    /** A reply to the client's own frame: never held back, and after what is held. */
+    const reply = (conn: Conn, data: Bytes): boolean => {
+      if (!writable(conn)) return false
+      const now = performance.now()
+      writeHeld(conn, now)
+      conn.ws.send(data, { binary: false })
+      conn.lastWrite = now
+      return true
+    }
 
     /** Waits until the socket's buffer is below a quarter of the bound; false if it does not drain in time. */
     const drained = async (conn: Conn): Promise<boolean> => {
@@ -536,7 +544,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     }
 
     /** Writes live event `seq` to an attachment if it is exactly the next one. */
-    const deliverLive = (att: Attachment, seq: number, data: Bytes, wire: Buffer): boolean => {
+    const deliverLive = (att: Attachment, seq: number, wire: Buffer): boolean => {
       const conn = att.conn
       if (!conn.live || att.detached || seq <= att.cursor) return false
       if (att.until !== undefined && seq > att.until) {
@@ -547,7 +555,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         ensureReplay(att)
         return false
       }
-      if (!send(conn, data, false, wire)) return false
+      if (!sendFrame(conn, wire)) return false
       att.cursor = seq
       if (att.until === seq) detach(att)
       return true
@@ -803,7 +811,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       // Counted once per event, not per socket: a label lookup per delivery was measurable.
       let delivered = 0
       const wire = WireFrame.textFrame(data)
-      for (const att of feed.members) if (deliverLive(att, seq, data, wire)) delivered++
+      for (const att of feed.members) if (deliverLive(att, seq, wire)) delivered++
       if (delivered > 0) metrics.eventsDelivered.inc({ source: "live" }, delivered)
       const leaver = leaverOf(event)
       if (leaver !== undefined) {
@@ -823,7 +831,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       }
       const wire = WireFrame.textFrame(data)
       for (const att of feed.members) {
-        if (att.conn.live && att.until === undefined && att.conn.user !== from) send(att.conn, data, false, wire)
+        if (att.conn.live && att.until === undefined && att.conn.user !== from) sendFrame(att.conn, wire)
       }
     }
 
