@@ -49,6 +49,7 @@ const SECONDS = Number(values.seconds)
 /** The nodes' group-commit histograms (chorus_group_commit_*), summed. */
 const groupCommits = async (urls: ReadonlyArray<string>) => {
   let count = 0, oneTrip = 0, seconds = 0, batches = 0
+  const buckets = new Map<string, number>()
   for (const url of urls) {
     const text = await (await fetch(`${url}/metrics`)).text()
     const value = (pattern: RegExp) => Number(pattern.exec(text)?.[1] ?? 0)
@@ -59,8 +60,14 @@ const groupCommits = async (urls: ReadonlyArray<string>) => {
       seconds += value(new RegExp(`^chorus_group_commit_seconds_sum\\{[^}]*path="${path}"[^}]*\\} (\\S+)`, "m"))
     }
     batches += value(/^chorus_group_commit_size_sum\{[^}]*\} (\S+)/m)
+    for (const m of text.matchAll(/^chorus_group_commit_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)/gm)) {
+      buckets.set(m[1]!, (buckets.get(m[1]!) ?? 0) + Number(m[2]))
+    }
   }
-  return { count, oneTrip, meanSize: batches / Math.max(1, count), meanSeconds: seconds / Math.max(1, count) }
+  // The smallest bucket bound holding 99 % of commits (buckets are cumulative).
+  const bounds = [...buckets].filter(([le]) => le !== "+Inf").sort((a, b) => Number(a[0]) - Number(b[0]))
+  const p99Bound = bounds.find(([, n]) => n >= 0.99 * count)?.[0]
+  return { count, oneTrip, meanSize: batches / Math.max(1, count), meanSeconds: seconds / Math.max(1, count), p99Bound: p99Bound === undefined ? "over 5 s" : `${Number(p99Bound) * 1000} ms` }
 }
 
 // ---- cluster and members -----------------------------------------------------
@@ -111,6 +118,9 @@ try {
   interface Receiver { lastSeq: number; count: number; broken: boolean }
   const receivers: Array<Receiver> = []
   let latencies: Array<number> = []
+  /** The same latencies by the second (of the step) each message was sent in, to tell a stall from a steady overload. */
+  let bySecond: Array<Array<number>> = []
+  let stepStart = 0
   const open = async (token: string, node: number, onFrame: (text: string) => void) => {
     const answer = await postApi(urls[node]!, "rtm.connect", {}, token)
     if (!answer.ok) throw new Error(`rtm.connect: ${JSON.stringify(answer)}`)
@@ -139,7 +149,10 @@ try {
       if (receiver.lastSeq >= 0 && seq !== receiver.lastSeq + 1) receiver.broken = true
       receiver.lastSeq = seq
       receiver.count++
-      latencies.push(performance.timeOrigin + performance.now() - sent)
+      const latency = performance.timeOrigin + performance.now() - sent
+      latencies.push(latency)
+      const second = Math.floor((sent - performance.timeOrigin - stepStart) / 1000)
+      if (second >= 0) (bySecond[second] ??= []).push(latency)
     })
   }
   const replies = new Map<number, (frame: string) => void>()
@@ -157,6 +170,7 @@ try {
   const steps: Array<{ rate: number; sent: number; deliveries: number; expected: number; p99: number; inOrder: boolean; cpuUsPerDelivery: number; pass: boolean }> = []
   for (const rate of RATES) {
     latencies = []
+    bySecond = []
     for (const r of receivers) {
       r.count = 0
       r.broken = false
@@ -164,6 +178,7 @@ try {
     const cpuBefore = serverCpu()
     const generatorBefore = process.cpuUsage()
     const start = performance.now()
+    stepStart = start
     const total = rate * STEP
     let sent = 0
     const acks: Array<Promise<string>> = []
@@ -189,7 +204,7 @@ try {
     const inOrder = receivers.every((r) => !r.broken)
     const pass = deliveries === expected && inOrder && p99 < 200
     steps.push({ rate, sent: total, deliveries, expected, p99, inOrder, cpuUsPerDelivery: (cpu * 1e6) / Math.max(1, deliveries), pass })
-    console.log(`fan-out ${rate} msg/s: ${deliveries}/${expected} delivered, p99 ${p99.toFixed(1)} ms, in order ${inOrder}, ${((cpu * 1e6) / Math.max(1, deliveries)).toFixed(2)} µs server CPU/delivery; load generator ${(100 * generatorCores).toFixed(0)}% of a core`)
+    console.log(`fan-out ${rate} msg/s: ${deliveries}/${expected} delivered, p99 ${p99.toFixed(1)} ms, in order ${inOrder}, ${((cpu * 1e6) / Math.max(1, deliveries)).toFixed(2)} µs server CPU/delivery; load generator ${(100 * generatorCores).toFixed(0)}% of a core; p99 by second sent: ${bySecond.map((l) => percentile(l, 99).toFixed(0)).join(" ")} ms`)
     if (!pass) break
   }
   const best = [...steps].reverse().find((s) => s.pass)
@@ -250,7 +265,7 @@ try {
     ["persisted msg/s", "p50 ms", "p99 ms", "errors", "lost"],
     [[acked.length / ingestSeconds, percentile(ackLatencies, 50), percentile(ackLatencies, 99), ingestErrors, lost]]
   )
-  console.log(`group commits over the whole run (both nodes): ${commits.count} (${commits.oneTrip} in one round trip), ${commits.meanSize.toFixed(1)} actor batches each on average, ${(1000 * commits.meanSeconds).toFixed(1)} ms each on average`)
+  console.log(`group commits over the whole run (both nodes): ${commits.count} (${commits.oneTrip} in one round trip), ${commits.meanSize.toFixed(1)} actor batches each on average, ${(1000 * commits.meanSeconds).toFixed(1)} ms each on average, 99 % within ${commits.p99Bound}`)
   const round = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? null : Math.round(n * 100) / 100)
   console.log(JSON.stringify({
     bench: "chat",
