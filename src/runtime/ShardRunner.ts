@@ -60,8 +60,10 @@ interface Item {
   readonly delivery: Delivery
   /** Settled result, set by `complete` (first call wins). */
   result: Exit.Exit<unknown, unknown> | undefined
-  /** Sends the reply bytes to the sender (if it waits for one). */
-  readonly respond: (data: Uint8Array) => void
+  /** Sends the reply bytes to the sender (if it waits for one), and to any retry of it that joined. */
+  respond: (data: Uint8Array) => void
+  /** Retries of this volatile request that arrived while it was queued and wait for its answer. */
+  joined: number
   /** Acknowledges a durable command (removes it from the work queue). */
   readonly ack: () => void
 }
@@ -73,6 +75,8 @@ interface ActorInstance {
   readonly ctx: ActorContext
   /** Waiting messages, oldest first; at most `mailboxCapacity`. */
   readonly mailbox: Array<Item>
+  /** Volatile requests queued or in flight, by command id: a retry joins its original. */
+  readonly pendingVolatile: Map<string, Item>
   state: unknown
   /** `init` has run since activation or the last restart. */
   alive: boolean
@@ -87,6 +91,9 @@ interface ActorInstance {
   /** Waiting for the batch in flight to end (stop). */
   readonly idleWaiters: Array<() => void>
 }
+
+/** Retries of one queued volatile request that may wait on it (beyond, they queue). */
+const maxJoined = 16
 
 const retryReply = (id: string) => Envelope.encodeReply({ id, error: { _tag: "Retry" } })
 
@@ -207,6 +214,34 @@ export const start = (
 
     const passivateAfterMs = Duration.toMillis(config.passivateAfter)
 
+    /** Items answered (about to be): retries arriving from now on queue anew. */
+    const settled = (instance: ActorInstance, items: ReadonlyArray<Item>) => {
+      if (instance.pendingVolatile.size === 0) return
+      for (const item of items) {
+        if (instance.pendingVolatile.get(item.envelope.id) === item) instance.pendingVolatile.delete(item.envelope.id)
+      }
+    }
+
+    /**
+     * A sender's retry of a volatile request still queued or in flight here (its first
+     * attempt timed out behind a slow batch) waits for the same answer instead of
+     * queueing a copy: a slow actor's mailbox would otherwise fill with copies faster
+     * than its senders send, and each copy be handled again (idempotently, but at a
+     * cost). Bounded, as a sender's retries are.
+     */
+    const joinQueued = (instance: ActorInstance, item: Item): boolean => {
+      const queued = instance.pendingVolatile.get(item.envelope.id)
+      if (queued === undefined || queued.joined >= maxJoined) return false
+      const first = queued.respond
+      const retry = item.respond
+      queued.respond = (data) => {
+        first(data)
+        retry(data)
+      }
+      queued.joined++
+      return true
+    }
+
     /**
      * Removes the actor (idempotent); what is still queued is answered "retry"
      * (volatile) or left for redelivery (durable).
@@ -220,6 +255,7 @@ export const start = (
         metrics.actorsAlive.dec({ type: instance.behaviour.type })
       }
       const rest = instance.mailbox.splice(0)
+      instance.pendingVolatile.clear()
       for (const item of rest) if (item.delivery === "volatile") item.respond(retryReply(item.envelope.id))
       for (const wake of instance.spaceWaiters.splice(0)) wake()
     }
@@ -295,6 +331,7 @@ export const start = (
             instance.state = exit.value
             const type = instance.behaviour.type
             const now = Date.now()
+            settled(instance, items)
             for (const item of items) {
               settle(item)
               metrics.processingSeconds.observe({ type }, Math.max(0, now - item.incoming.sentAt) / 1000)
@@ -316,6 +353,7 @@ export const start = (
         const failure = Cause.failureOption(cause)
         if (Option.isSome(failure) && failure.value._tag === "FencedOut") {
           // The shard is no longer ours: nothing is acked; senders retry elsewhere.
+          settled(instance, items)
           for (const item of items) item.respond(retryReply(item.envelope.id))
           close(instance)
           yield* Deferred.succeed(fenced, failure.value)
@@ -331,6 +369,7 @@ export const start = (
         if (restarts.length > config.maxRestarts) {
           yield* Effect.logError("actor failed past its restart limit; dead-lettering the batch", { actor: address, shard, reason })
           yield* deadLetter(instance.behaviour, items, reason)
+          settled(instance, items)
           failItems(items, new ActorFailed({ address, commandId: items[0]?.envelope.id ?? "", reason: reason.slice(0, 500) }), true)
           restarts.length = 0
         } else {
@@ -368,6 +407,7 @@ export const start = (
         behaviour,
         ctx: contextFor(address),
         mailbox: [],
+        pendingVolatile: new Map(),
         state: undefined,
         alive: false,
         running: false,
@@ -385,6 +425,7 @@ export const start = (
     const offer = (instance: ActorInstance, item: Item): boolean => {
       if (instance.mailbox.length >= config.mailboxCapacity) return false
       instance.mailbox.push(item)
+      if (item.delivery === "volatile" && !instance.pendingVolatile.has(item.envelope.id)) instance.pendingVolatile.set(item.envelope.id, item)
       pump(instance)
       return true
     }
@@ -432,6 +473,7 @@ export const start = (
         delivery,
         result: undefined,
         respond,
+        joined: 0,
         ack,
         incoming: {
           _tag: message.right._tag,
@@ -461,6 +503,7 @@ export const start = (
         runFork(Effect.logWarning("malformed request", { shard, reason: decoded.reason }))
         return
       }
+      if (joinQueued(decoded.instance, decoded.item)) return
       if (!offer(decoded.instance, decoded.item)) {
         failItems([decoded.item], new MailboxFull({ address: decoded.item.envelope.to }), false)
       }

@@ -194,6 +194,21 @@ describe("supervision", () => {
     expect(await published() - before).toBeLessThan(60)
   })
 
+  it("a sender's retries of a request queued or in flight behind a slow batch wait for its answer, instead of queueing copies", async () => {
+    const queued = () => runtime.runPromise(Effect.map(Effect.flatMap(Sharding.Sharding, (s) => s.held), (h) => h.reduce((n, s) => n + s.queued, 0)))
+    gate = latch()
+    const first = send((c) => c.send(Faulty, "retried", new Hold({ n: 0 })))
+    for (let i = 0; i < 200 && !held.includes("retried:0"); i++) await new Promise((r) => setTimeout(r, 25))
+    // Queued behind the held one; both senders time out (requestTimeout) and retry twice meanwhile.
+    const second = send((c) => c.send(Faulty, "retried", new Hold({ n: 1 }), { commandId: "retried-1" }))
+    await new Promise((r) => setTimeout(r, 2.5 * 2_000 + 500))
+    expect(await queued()).toBe(1)
+    gate.resolve()
+    expect(await first).toEqual(Exit.succeed({ n: 0 }))
+    expect(await second).toEqual(Exit.succeed({ n: 1 }))
+    expect(held.filter((h) => h.startsWith("retried:"))).toEqual(["retried:0", "retried:1"])
+  }, 30_000)
+
   it("a full mailbox answers MailboxFull to volatile senders at once, and holds durable ones back without losing any", async () => {
     const until = async (what: () => boolean) => {
       for (let i = 0; i < 200 && !what(); i++) await new Promise((r) => setTimeout(r, 25))
