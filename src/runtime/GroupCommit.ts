@@ -137,18 +137,23 @@ export const mergeWrites = (writes: ReadonlyArray<Write>): ReadonlyArray<Group> 
 /** PostgreSQL accepts at most 65,535 bind parameters per statement. */
 const maxParams = 60_000
 
-/** How a cell gets into statement text: a bind parameter, or a literal. */
-type Placeholder = (cell: Cell, type: string | undefined) => string
+/** How a cell gets into a statement's text: a bind parameter (pushed on `params`), or a literal. */
+type Placeholder = (cell: Cell, type: string | undefined, params: Array<unknown>) => string
 
-/** The statements of one merged group, each with the rows it covers. */
-const statementsOf = (group: Group, rowsPerStatement: number, place: () => Placeholder): Array<string> => {
+interface Statement {
+  readonly text: string
+  readonly params: ReadonlyArray<unknown>
+}
+
+/** The statements of one merged group, `rowsPerStatement` rows each. */
+const statementsOf = (group: Group, rowsPerStatement: number, placeholder: Placeholder): Array<Statement> => {
   const cols = group.columns
   const write = group.write
-  const statements: Array<string> = []
+  const statements: Array<Statement> = []
   for (let start = 0; start < group.rows.length; start += rowsPerStatement) {
-    const placeholder = place()
+    const params: Array<unknown> = []
     const tuples = group.rows.slice(start, start + rowsPerStatement).map((row) =>
-      `(${cols.map((c) => placeholder(row[c] ?? null, write._tag === "update" ? write.types[c] : undefined)).join(", ")})`
+      `(${cols.map((c) => placeholder(row[c] ?? null, write._tag === "update" ? write.types[c] : undefined, params)).join(", ")})`
     ).join(", ")
     if (write._tag === "insert") {
       const conflict = write.onConflict === undefined
@@ -156,32 +161,29 @@ const statementsOf = (group: Group, rowsPerStatement: number, place: () => Place
         : write.onConflict.update === undefined || write.onConflict.update.length === 0
         ? ` ON CONFLICT (${write.onConflict.target.map(checkName).join(", ")}) DO NOTHING`
         : ` ON CONFLICT (${write.onConflict.target.map(checkName).join(", ")}) DO UPDATE SET ${write.onConflict.update.map((c) => `${checkName(c)} = EXCLUDED.${checkName(c)}`).join(", ")}`
-      statements.push(`INSERT INTO ${checkName(write.table)} (${cols.map(checkName).join(", ")}) VALUES ${tuples}${conflict}`)
+      statements.push({ text: `INSERT INTO ${checkName(write.table)} (${cols.map(checkName).join(", ")}) VALUES ${tuples}${conflict}`, params })
     } else {
       const set = cols.filter((c) => !write.key.includes(c))
-      statements.push(`UPDATE ${checkName(write.table)} AS t SET ${set.map((c) => `${checkName(c)} = v.${checkName(c)}`).join(", ")} FROM (VALUES ${tuples}) AS v (${cols.map(checkName).join(", ")}) WHERE ${write.key.map((k) => `t.${checkName(k)} = v.${checkName(k)}`).join(" AND ")}`)
+      statements.push({
+        text: `UPDATE ${checkName(write.table)} AS t SET ${set.map((c) => `${checkName(c)} = v.${checkName(c)}`).join(", ")} FROM (VALUES ${tuples}) AS v (${cols.map(checkName).join(", ")}) WHERE ${write.key.map((k) => `t.${checkName(k)} = v.${checkName(k)}`).join(" AND ")}`,
+        params
+      })
     }
   }
   return statements
 }
 
+const bindParameter: Placeholder = (cell, type, params) => {
+  params.push(toParam(cell))
+  return type === undefined ? `$${params.length}` : `$${params.length}::${type}`
+}
+
 const runGroup = (sql: SqlClient.SqlClient, group: Group) =>
-  Effect.gen(function*() {
-    let params: Array<unknown> = []
-    const place = (): Placeholder => {
-      params = []
-      return (cell, type) => {
-        params.push(toParam(cell))
-        return type === undefined ? `$${params.length}` : `$${params.length}::${type}`
-      }
-    }
-    const rowsPerStatement = Math.max(1, Math.floor(maxParams / Math.max(1, group.columns.length)))
-    for (let start = 0; start < group.rows.length; start += rowsPerStatement) {
-      const part = { ...group, rows: group.rows.slice(start, start + rowsPerStatement) }
-      const [text] = statementsOf(part, rowsPerStatement, place)
-      yield* sql.unsafe(text!, params)
-    }
-  })
+  Effect.forEach(
+    statementsOf(group, Math.max(1, Math.floor(maxParams / Math.max(1, group.columns.length))), bindParameter),
+    (statement) => sql.unsafe(statement.text, statement.params),
+    { discard: true }
+  )
 
 /** A cell as an SQL literal; undefined for what only a bind parameter can carry. */
 const literalOf = (cell: Cell): string | undefined => {
@@ -227,13 +229,15 @@ const oneTripText = (batch: ReadonlyArray<Submission>): string | undefined => {
     const sorted = [...shards].sort((a, b) => a[0] - b[0])
     statements.push(`SELECT chorus_fence_check(${escapeLiteral(cluster)}, ARRAY[${sorted.map(([shard]) => shard).join(", ")}]::integer[], ARRAY[${sorted.map(([, epoch]) => epoch).join(", ")}]::bigint[])`)
   }
-  const place = (): Placeholder => (cell, type) => {
-    const literal = literalOf(cell)
-    if (literal === undefined) throw new NotLiteral()
-    return type === undefined ? literal : `${literal}::${type}`
+  const literal: Placeholder = (cell, type) => {
+    const text = literalOf(cell)
+    if (text === undefined) throw new NotLiteral()
+    return type === undefined ? text : `${text}::${type}`
   }
   try {
-    for (const group of mergeWrites(batch.flatMap((s) => s.writes))) statements.push(...statementsOf(group, group.rows.length, place))
+    for (const group of mergeWrites(batch.flatMap((s) => s.writes))) {
+      for (const statement of statementsOf(group, group.rows.length, literal)) statements.push(statement.text)
+    }
   } catch (error) {
     if (error instanceof NotLiteral) return undefined
     throw error

@@ -62,7 +62,7 @@ interface Item {
   result: Exit.Exit<unknown, unknown> | undefined
   /** Sends the reply bytes to the sender (if it waits for one), and to any retry of it that joined. */
   respond: (data: Uint8Array) => void
-  /** Retries of this volatile request that arrived while it was queued and wait for its answer. */
+  /** Retries of this volatile request that arrived while it was queued or in flight, and wait for its answer. */
   joined: number
   /** Acknowledges a durable command (removes it from the work queue). */
   readonly ack: () => void
@@ -92,7 +92,7 @@ interface ActorInstance {
   readonly idleWaiters: Array<() => void>
 }
 
-/** Retries of one queued volatile request that may wait on it (beyond, they queue). */
+/** Retries that may wait on one volatile request queued or in flight (beyond, they queue). */
 const maxJoined = 16
 
 const retryReply = (id: string) => Envelope.encodeReply({ id, error: { _tag: "Retry" } })

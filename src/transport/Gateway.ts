@@ -468,7 +468,12 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     const sendFrame = (conn: Conn, wire: Buffer): boolean => {
       if (!writable(conn)) return false
       const socket = socketOf(conn)
-      if (socket === undefined || conn.ws.readyState !== conn.ws.OPEN) return false
+      if (socket === undefined || conn.ws.readyState !== conn.ws.OPEN) {
+        // Its close frame is in (or it has no socket): release it now, or every event
+        // until the close completes would send its attachments back to catch up.
+        closedByClient(conn, undefined)
+        return false
+      }
       const now = performance.now()
       if (coalesceMs > 0 && (conn.held.length > 0 || now - conn.lastWrite < coalesceMs)) {
         conn.held.push(wire)
@@ -958,12 +963,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       })
       ws.on("error", (error) => log(LogLevel.Debug, "socket error", { ...connFields(conn), error: error.message }))
       ws.on("close", (code) => {
-        if (!conn.closed) {
-          conn.closed = true
-          metrics.closes.inc({ reason: "client" })
-          log(LogLevel.Info, "socket closed by client", { ...connFields(conn), code })
-          release(conn)
-        }
+        closedByClient(conn, code)
         conns.delete(conn.id)
         metrics.socketsOpen.set(conns.size)
       })
@@ -1000,6 +1000,15 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     }
 
     /** Forgets a closing socket: its attachments (and feeds nobody else needs) and its user subscription. */
+    /** The client closed (or is closing) its socket: nothing more goes to it. */
+    const closedByClient = (conn: Conn, code: number | undefined) => {
+      if (conn.closed) return
+      conn.closed = true
+      metrics.closes.inc({ reason: "client" })
+      log(LogLevel.Info, "socket closed by client", { ...connFields(conn), code })
+      release(conn)
+    }
+
     const release = (conn: Conn) => {
       if (conn.holdTimer !== undefined) clearTimeout(conn.holdTimer)
       conn.holdTimer = undefined
