@@ -170,7 +170,8 @@ class NodeProcess implements ChorusNode {
     try {
       // CHORUS_NODE_FLAGS: extra Node flags for node processes (e.g. --cpu-prof, which NODE_OPTIONS refuses).
       const flags = (process.env.CHORUS_NODE_FLAGS ?? "").split(" ").filter((f) => f.length > 0)
-      this.child = spawn(process.execPath, [...flags, "--import", "tsx", this.entry], {
+      // As `npm start` runs nodes: a larger young generation (decision 0019).
+      this.child = spawn(process.execPath, ["--max-semi-space-size=64", ...flags, "--import", "tsx", this.entry], {
         cwd: REPO_ROOT,
         env,
         stdio: ["ignore", fd, fd],
