@@ -16,6 +16,7 @@ export interface RuntimeMetricsShape {
   readonly batchSize: Prom.Histogram<"type">
   readonly restarts: Prom.Counter<"type">
   readonly deadLetters: Prom.Counter<"type">
+  readonly retriesJoined: Prom.Counter<"type">
   readonly leaseChanges: Prom.Counter<"change">
   readonly sendSeconds: Prom.Histogram<"delivery">
   readonly groupCommitSeconds: Prom.Histogram<"path">
@@ -56,6 +57,12 @@ export const make = (nodeId: string): RuntimeMetricsShape => {
     }),
     restarts: new Prom.Counter({ name: "chorus_actor_restarts_total", help: "Actor restarts after a defect", labelNames: ["type"], registers: [registry] }),
     deadLetters: new Prom.Counter({ name: "chorus_dead_letters_total", help: "Messages sent to the dead-letter stream", labelNames: ["type"], registers: [registry] }),
+    retriesJoined: new Prom.Counter({
+      name: "chorus_retries_joined_total",
+      help: "Volatile retries that waited for their original (queued or in flight) instead of queueing a copy",
+      labelNames: ["type"],
+      registers: [registry]
+    }),
     leaseChanges: new Prom.Counter({
       name: "chorus_lease_changes_total",
       help: "Shard leases acquired, released or lost by this node",

@@ -239,6 +239,7 @@ export const start = (
         retry(data)
       }
       queued.joined++
+      metrics.retriesJoined.inc({ type: instance.behaviour.type })
       return true
     }
 

@@ -115,30 +115,10 @@ export const make = (metrics?: RuntimeMetricsShape) =>
     /** The same request to a runner of this process, when it serves the shard. */
     const requestLocally = (shard: number, data: Uint8Array): Effect.Effect<RequestAnswer> | undefined => {
       if (local === undefined) return undefined
-      let answer: RequestAnswer | undefined
-      let resumeWith: ((answer: RequestAnswer) => void) | undefined
-      const respond = (reply: Uint8Array) => {
-        const a: RequestAnswer = { _tag: "Reply", data: reply }
-        if (resumeWith !== undefined) resumeWith(a)
-        else answer ??= a
-      }
-      if (!local.request(shard, data, respond)) return undefined
-      return Effect.async<RequestAnswer>((resume) => {
-        if (answer !== undefined) return resume(Effect.succeed(answer))
-        const timer = setTimeout(() => {
-          resumeWith = undefined
-          resume(Effect.succeed(timedOut))
-        }, timeoutMs)
-        resumeWith = (a) => {
-          resumeWith = undefined
-          clearTimeout(timer)
-          resume(Effect.succeed(a))
-        }
-        return Effect.sync(() => {
-          resumeWith = undefined
-          clearTimeout(timer)
-        })
-      })
+      // The runner may answer at once (a full mailbox, a stopping shard), before the wait.
+      const answer = answerSlot<Uint8Array>()
+      if (!local.request(shard, data, answer.put)) return undefined
+      return Effect.map(answer.take(timeoutMs), (reply): RequestAnswer => reply === undefined ? timedOut : { _tag: "Reply", data: reply })
     }
 
     const addressShard = (address: ActorAddress) => shardOf(String(address), config.shards)
@@ -238,37 +218,14 @@ export const make = (metrics?: RuntimeMetricsShape) =>
         const msg = yield* encode(entity, address, message)
         const token = String(nextToken++)
         const started = performance.now()
-        // The reply may come before anyone waits for it (right after the publish ack):
-        // it is kept until then. A plain callback and timer, not a Deferred raced
-        // against a timeout: this is every durable send's hot path.
-        let early: Envelope.ReplyEnvelope | undefined
-        let waiter: ((reply: Envelope.ReplyEnvelope) => void) | undefined
+        // The reply may come before anyone waits for it (right after the publish ack).
+        const answer = answerSlot<Envelope.ReplyEnvelope>()
         pending.set(token, (msg) => {
           const decoded = Envelope.decodeReply(msg.data)
           if (Either.isLeft(decoded)) return
-          const reply = decoded.right
           // "Retry" answers concern volatile senders; a durable command stays queued.
-          if (isRetryAnswer(reply)) return
-          if (waiter !== undefined) waiter(reply)
-          else early ??= reply
+          if (!isRetryAnswer(decoded.right)) answer.put(decoded.right)
         })
-        const awaitReply = (ms: number) =>
-          Effect.async<Envelope.ReplyEnvelope | undefined>((resume) => {
-            if (early !== undefined) return resume(Effect.succeed(early))
-            const timer = setTimeout(() => {
-              waiter = undefined
-              resume(Effect.succeed(undefined))
-            }, ms)
-            waiter = (reply) => {
-              waiter = undefined
-              clearTimeout(timer)
-              resume(Effect.succeed(reply))
-            }
-            return Effect.sync(() => {
-              waiter = undefined
-              clearTimeout(timer)
-            })
-          })
         return yield* Effect.gen(function*() {
           const sentAt = Date.now()
           const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, reply: `${inbox}.${token}`, t: sentAt })
@@ -291,7 +248,7 @@ export const make = (metrics?: RuntimeMetricsShape) =>
             if (remaining <= 0) {
               return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(performance.now() - started) })
             }
-            reply = yield* awaitReply(Math.min(remaining, wait))
+            reply = yield* answer.take(Math.min(remaining, wait))
             wait *= 2
             if (reply === undefined && deadlineMs - (performance.now() - started) > 0) {
               const again = yield* publishDurable(address, data, commandId, started)
@@ -325,6 +282,39 @@ export const make = (metrics?: RuntimeMetricsShape) =>
 
     return { send, tell, shardOf: addressShard } satisfies ShardingClientShape
   })
+
+/**
+ * One answer that may come before anyone waits for it (it is kept) or while someone
+ * waits (at most `ms`; undefined after). A plain callback and timer, not a Deferred
+ * raced against a timeout: it is on every send's path.
+ */
+const answerSlot = <A>() => {
+  let early: A | undefined
+  let waiter: ((answer: A) => void) | undefined
+  return {
+    put: (answer: A): void => {
+      if (waiter !== undefined) waiter(answer)
+      else early ??= answer
+    },
+    take: (ms: number): Effect.Effect<A | undefined> =>
+      Effect.async<A | undefined>((resume) => {
+        if (early !== undefined) return resume(Effect.succeed(early))
+        const timer = setTimeout(() => {
+          waiter = undefined
+          resume(Effect.succeed(undefined))
+        }, ms)
+        waiter = (answer) => {
+          waiter = undefined
+          clearTimeout(timer)
+          resume(Effect.succeed(answer))
+        }
+        return Effect.sync(() => {
+          waiter = undefined
+          clearTimeout(timer)
+        })
+      })
+  }
+}
 
 type RequestAnswer =
   | { readonly _tag: "Reply"; readonly data: Uint8Array }

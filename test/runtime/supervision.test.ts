@@ -199,9 +199,12 @@ describe("supervision", () => {
     gate = latch()
     const first = send((c) => c.send(Faulty, "retried", new Hold({ n: 0 })))
     for (let i = 0; i < 200 && !held.includes("retried:0"); i++) await new Promise((r) => setTimeout(r, 25))
-    // Queued behind the held one; both senders time out (requestTimeout) and retry twice meanwhile.
+    // Queued behind the held one; both senders time out (requestTimeout) and retry.
+    const joined = () => runtime.runPromise(Effect.flatMap(RuntimeMetrics.RuntimeMetrics, (m) => Effect.promise(() => m.retriesJoined.get()))).then((v) => v.values.reduce((n, x) => n + x.value, 0))
+    const joinedBefore = await joined()
     const second = send((c) => c.send(Faulty, "retried", new Hold({ n: 1 }), { commandId: "retried-1" }))
-    await new Promise((r) => setTimeout(r, 2.5 * 2_000 + 500))
+    for (let i = 0; i < 400 && (await joined()) - joinedBefore < 4; i++) await new Promise((r) => setTimeout(r, 50))
+    expect((await joined()) - joinedBefore).toBeGreaterThanOrEqual(4)
     expect(await queued()).toBe(1)
     gate.resolve()
     expect(await first).toEqual(Exit.succeed({ n: 0 }))
