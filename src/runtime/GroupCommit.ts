@@ -195,8 +195,9 @@ const literalOf = (cell: Cell): string | undefined => {
     if (cell.some((s) => s.includes("\u0000"))) return undefined
     return cell.length === 0 ? "'{}'" : `ARRAY[${cell.map((s) => escapeLiteral(s)).join(", ")}]`
   }
+  // JSON text has no raw NUL (it escapes it; jsonb refuses the escape either way).
   const text = JSON.stringify((cell as { json: unknown }).json)
-  return text === undefined || text.includes("\\u0000") ? undefined : escapeLiteral(text)
+  return text === undefined ? undefined : escapeLiteral(text)
 }
 
 class NotLiteral extends Error {}

@@ -6,18 +6,21 @@ import { SqlClient } from "@effect/sql"
 import { Effect, Exit, Layer, ManagedRuntime, Redacted } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as GroupCommit from "../../src/runtime/GroupCommit.ts"
+import * as RuntimeMetrics from "../../src/runtime/RuntimeMetrics.ts"
 import * as ShardFence from "../../src/runtime/ShardFence.ts"
 import * as Database from "../../src/store/Database.ts"
 import { freshDatabase, type FreshDatabase } from "../support/services.ts"
 
 const cluster = "gctest"
 let db: FreshDatabase
-let runtime: ManagedRuntime.ManagedRuntime<SqlClient.SqlClient | GroupCommit.GroupCommit, unknown>
+let runtime: ManagedRuntime.ManagedRuntime<SqlClient.SqlClient | GroupCommit.GroupCommit | RuntimeMetrics.RuntimeMetrics, unknown>
 
 beforeAll(async () => {
   db = await freshDatabase({ prefix: "groupcommit" })
   const sql = Database.layer({ url: Redacted.make(db.url), maxConnections: 4, applicationName: "chorus group commit test" })
-  runtime = ManagedRuntime.make(GroupCommit.layer({ maxGroup: 64, committers: 1 }).pipe(Layer.provideMerge(sql)))
+  runtime = ManagedRuntime.make(
+    GroupCommit.layer({ maxGroup: 64, committers: 1 }).pipe(Layer.provideMerge(sql), Layer.provideMerge(RuntimeMetrics.layer("gc-test")))
+  )
   await runtime.runPromise(Database.migrate)
   await runtime.runPromise(Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(`
     CREATE TABLE gc_rows (
@@ -32,6 +35,13 @@ afterAll(async () => {
 
 const commit = (shard: number, epoch: number, rows: ReadonlyArray<Record<string, GroupCommit.Cell>>) =>
   runtime.runPromiseExit(Effect.flatMap(GroupCommit.GroupCommit, (gc) => gc.commit(cluster, shard, epoch, [GroupCommit.insert("gc_rows", rows)])))
+
+/** Group commits so far by path: one round trip, or the long way (fences checked one by one). */
+const commitsByPath = async () => {
+  const metric = await runtime.runPromise(Effect.flatMap(RuntimeMetrics.RuntimeMetrics, (m) => Effect.promise(() => m.groupCommitSeconds.get())))
+  const count = (path: string) => metric.values.find((v) => v.metricName === "chorus_group_commit_seconds_count" && v.labels["path"] === path)?.value ?? 0
+  return { oneTrip: count("one_trip"), long: count("long") }
+}
 
 const stored = (ids: ReadonlyArray<string>) =>
   runtime.runPromise(Effect.flatMap(SqlClient.SqlClient, (sql) =>
@@ -52,8 +62,13 @@ describe("GroupCommit", () => {
       doc: { json: { note, nested: [1, null, { k: note }] } },
       note: i === 2 ? null : note
     }))
+    const before = await commitsByPath()
     const exits = await Promise.all(rows.map((row, i) => commit(1 + (i % 3), 1, [row])))
     expect(exits.every(Exit.isSuccess)).toBe(true)
+    // Every fence held: each group went as one query, none the long way.
+    const after = await commitsByPath()
+    expect(after.oneTrip).toBeGreaterThan(before.oneTrip)
+    expect(after.long).toBe(before.long)
     const back = await stored(rows.map((r) => r.id))
     expect(back).toHaveLength(rows.length)
     for (const row of rows) {
@@ -69,6 +84,7 @@ describe("GroupCommit", () => {
 
   it("leaves out a stale epoch with FencedOut and commits the rest of the group", async () => {
     await runtime.runPromise(ShardFence.raise(cluster, 3, 2, "node-b"))
+    const before = await commitsByPath()
     const [ok1, stale, ok2, current] = await Promise.all([
       commit(1, 1, [{ id: "f1", note: "a" }]),
       commit(3, 1, [{ id: "f2", note: "zombie" }]),
@@ -78,6 +94,8 @@ describe("GroupCommit", () => {
     expect(Exit.isSuccess(ok1) && Exit.isSuccess(ok2) && Exit.isSuccess(current)).toBe(true)
     expect(Exit.isFailure(stale) && JSON.stringify(stale.cause)).toContain("FencedOut")
     expect((await stored(["f1", "f2", "f3", "f4"])).map((r) => r.id)).toEqual(["f1", "f3", "f4"])
+    // The stale epoch sent its group the long way, which found out whose it was.
+    expect((await commitsByPath()).long).toBeGreaterThan(before.long)
   })
 
   it("fails only the submission that breaks a constraint", async () => {
