@@ -87,7 +87,7 @@ const Http = Layer.unwrapEffect(
     // The apps' routes (incoming webhooks, response URLs) in front of those.
     const Api = HttpServer.serve(Webhooks.withAppRoutes(UploadRoutes.withFileRoutes(HttpApi.app))).pipe(Layer.provide(Methods), Layer.provide(AppServices))
     // Presence and limits: the gateway's idle timeout is the presence TTL; one rate limiter for the API and the gateway.
-    const gateway = Gateway.layer(server, { idleTimeout: config.presenceTtl, typingInterval: config.typingInterval, typingMaxMembers: config.typingMaxMembers, coalesceWrites: config.gatewayCoalesce }).pipe(
+    const gateway = Gateway.layer(server, { idleTimeout: config.presenceTtl, typingInterval: config.typingInterval, typingMaxMembers: config.typingMaxMembers, coalesceWrites: config.gatewayCoalesce, flushWritesPerSecond: config.gatewayFlushWritesPerSecond }).pipe(
       // Slash commands typed in a socket's message frame run as they do through chat.postMessage.
       Layer.provide(AppServices)
     )

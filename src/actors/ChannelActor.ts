@@ -32,7 +32,7 @@
  */
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Clock, Data, Effect, Exit, Layer, Option } from "effect"
+import { Cause, Clock, Data, Effect, Exit, Layer, Option } from "effect"
 import type { ChannelEvent, UserEvent } from "../domain/ChannelEvents.ts"
 import { canSee, typeOf } from "../domain/ConversationAccess.ts"
 import type { ChannelRow } from "../domain/SlackConversation.ts"
@@ -40,6 +40,7 @@ import { toSlackConversation } from "../domain/SlackConversation.ts"
 import type { MessageRow, ReactionSummary, SlackMessage } from "../domain/SlackMessage.ts"
 import { toSlackMessage } from "../domain/SlackMessage.ts"
 import type { ActorContext, Incoming } from "../runtime/Behaviour.ts"
+import type { ExitOf } from "../runtime/Entity.ts"
 import type { FencedOut } from "../runtime/RuntimeErrors.ts"
 import * as Behaviour from "../runtime/Behaviour.ts"
 import type { CommandRow, EventRow, ReactionRow, ThreadTotals } from "../store/Channels.ts"
@@ -784,7 +785,8 @@ const openValid = (id: string, m: P.OpenConversation): boolean => {
 
 // ---- the behaviour --------------------------------------------------------------------
 
-type ChannelIncoming = Incoming<P.ChannelRequest>
+/** What the decision steps see: a `PostMessages` is split into its posts first (`expandPosts`). */
+type ChannelIncoming = Exclude<Incoming<P.ChannelRequest>, { readonly _tag: "PostMessages" }>
 
 const settle = (incoming: ChannelIncoming, exit: Exit.Exit<unknown, unknown>) =>
   (incoming.complete as (exit: Exit.Exit<unknown, unknown>) => void)(exit)
@@ -1094,8 +1096,59 @@ const createFirst = (ctx: ActorContext, state: State, batch: ReadonlyArray<Chann
     }
   })
 
-export const receive = (ctx: ActorContext, state: State, batch: ReadonlyArray<ChannelIncoming>) =>
+/**
+ * Splits each `PostMessages` into one `PostMessage` per post, in place and in order,
+ * each with its own command id (`<batch id>/<index>`, stable across the sender's
+ * retries) and an answer that fills the batch's answer; the batch is answered once its
+ * last post is. From here on a batched post is indistinguishable from a single one:
+ * same idempotency, same refusals, consecutive seqs.
+ */
+const expandPosts = (batch: ReadonlyArray<Incoming<P.ChannelRequest>>): ReadonlyArray<ChannelIncoming> => {
+  if (!batch.some((incoming) => incoming._tag === "PostMessages")) return batch as ReadonlyArray<ChannelIncoming>
+  const expanded: Array<ChannelIncoming> = []
+  for (const incoming of batch) {
+    if (incoming._tag !== "PostMessages") {
+      expanded.push(incoming)
+      continue
+    }
+    const posts = incoming.message.posts
+    const answerBatch = incoming.complete as (exit: Exit.Exit<unknown, unknown>) => void
+    const answers = new Array<P.BatchedPostAnswer>(posts.length)
+    let missing = posts.length
+    let failed = false
+    const answerPost = (index: number, exit: ExitOf<P.PostMessage>) => {
+      if (failed || answers[index] !== undefined) return
+      if (Exit.isSuccess(exit)) {
+        answers[index] = { ok: true, ts: exit.value.ts, seq: exit.value.seq }
+      } else {
+        const refusal = Cause.failureOption(exit.cause)
+        if (Option.isNone(refusal)) {
+          // Not a refusal (a defect): the whole batch fails, as a single post would.
+          failed = true
+          answerBatch(exit)
+          return
+        }
+        answers[index] = { ok: false, error: refusal.value.code }
+      }
+      if (--missing === 0) answerBatch(Exit.succeed(answers))
+    }
+    posts.forEach((post, index) => {
+      expanded.push({
+        _tag: "PostMessage",
+        message: post,
+        commandId: `${incoming.commandId}/${index}`,
+        delivery: incoming.delivery,
+        sentAt: incoming.sentAt,
+        complete: (exit: ExitOf<P.PostMessage>) => answerPost(index, exit)
+      })
+    })
+  }
+  return expanded
+}
+
+export const receive = (ctx: ActorContext, state: State, received: ReadonlyArray<Incoming<P.ChannelRequest>>) =>
   Effect.gen(function*() {
+    const batch = expandPosts(received)
     const answers = new Map<ChannelIncoming, Exit.Exit<unknown, unknown>>()
     // Optimistic about client_msg_ids (see recallFromStore); the draft is discarded
     // when one turns out taken, and the batch decided again knowing the stored ones.

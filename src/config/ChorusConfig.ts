@@ -136,6 +136,7 @@ export interface ChorusConfigShape {
   readonly typingMaxMembers: number
   /** A socket written to within this long holds its next event frames up to this long, to write them together (0: never). Default 25 ms. */
   readonly gatewayCoalesce: Duration.Duration
+  readonly gatewayFlushWritesPerSecond: number
   /** Rate limits on (`CHORUS_RATE_LIMITS=on`, the default) or off (benchmarks, load tests). */
   readonly rateLimits: boolean
   /**
@@ -234,6 +235,7 @@ export const defaults = {
   typingIntervalMs: 3_000,
   typingMaxMembers: 1_000,
   gatewayCoalesceMs: 25,
+  gatewayFlushWritesPerSecond: 10_000,
   rateLimitTiers: "1,20,50,100",
   rateLimitMinBurst: 5,
   postRate: 1,
@@ -380,6 +382,11 @@ export const config: Config.Config<ChorusConfigShape> = Config.all({
   typingInterval: ms("CHORUS_TYPING_INTERVAL_MS", defaults.typingIntervalMs, "Least time between two user_typing of a user in a channel"),
   typingMaxMembers: positiveInt("CHORUS_TYPING_MAX_MEMBERS", defaults.typingMaxMembers, "Channels above this many members get no user_typing"),
   gatewayCoalesce: msOrZero("CHORUS_GATEWAY_COALESCE_MS", defaults.gatewayCoalesceMs, "Longest a busy socket's event frames wait to be written together"),
+  gatewayFlushWritesPerSecond: positiveInt(
+    "CHORUS_GATEWAY_FLUSH_WRITES_PER_S",
+    defaults.gatewayFlushWritesPerSecond,
+    "Held-frame writes per second a gateway aims at; more busy sockets widen the coalescing window, up to 4 times CHORUS_GATEWAY_COALESCE_MS"
+  ),
   rateLimits: Config.literal("on", "off")("CHORUS_RATE_LIMITS").pipe(
     Config.withDefault("on" as const),
     Config.map((v) => v === "on"),

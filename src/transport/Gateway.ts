@@ -63,10 +63,11 @@ import * as Http from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocketServer } from "ws"
 import type { RawData, WebSocket } from "ws"
-import { Channel, PostMessage } from "../actors/ChannelProtocol.ts"
+import { Channel, maxBatchedPosts, PostMessage, PostMessages } from "../actors/ChannelProtocol.ts"
 import { SlashCommands } from "../apps/SlashCommands.ts"
 import type { WorkspacePrincipal } from "../auth/Principal.ts"
 import * as ChannelEvents from "../domain/ChannelEvents.ts"
+import type { DeliveryError } from "../runtime/RuntimeErrors.ts"
 import { RuntimeMetrics } from "../runtime/RuntimeMetrics.ts"
 import { ShardingClient } from "../runtime/ShardingClient.ts"
 import type { PresenceSubscriber } from "./EdgePresence.ts"
@@ -114,6 +115,13 @@ export interface GatewayOptions {
    * never held. 0 writes every frame at once. Default 25 ms.
    */
   readonly coalesceWrites: Duration.DurationInput
+  /**
+   * The held-frame writes per second the gateway aims at: when more sockets are busy
+   * than `coalesceWrites` allows within it, the window widens (up to 4 times
+   * `coalesceWrites`), so a big channel's fan-out costs fewer system calls instead of
+   * more. Default 10,000.
+   */
+  readonly flushWritesPerSecond: number
 }
 
 export const defaults: GatewayOptions = {
@@ -128,7 +136,8 @@ export const defaults: GatewayOptions = {
   closeGrace: "2 seconds",
   typingInterval: "3 seconds",
   typingMaxMembers: 1_000,
-  coalesceWrites: "25 millis"
+  coalesceWrites: "25 millis",
+  flushWritesPerSecond: 10_000
 }
 
 /** The path the gateway serves on the API's port. */
@@ -219,8 +228,13 @@ interface Conn {
   userBacklog: Array<readonly [Bytes, EventObject]> | undefined
   /** Serialises the handling of user events (some need a lookup first). */
   userChain: Promise<void>
-  /** Serialises message frames, so that a socket's messages are posted in order. */
-  messageChain: Promise<void>
+  /**
+   * Message frames waiting behind the request in flight: a socket has at most one, so
+   * its messages are posted in the order sent; what queued meanwhile goes as one batch.
+   */
+  postQueue: Array<Protocol.MessageFrame>
+  posting: boolean
+  /** Message frames accepted and not yet answered (queued or in flight). */
   pendingMessages: number
   holdTimer: NodeJS.Timeout | undefined
   /** The token the socket was opened with (its id): per-token limits. */
@@ -443,10 +457,18 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       if (conn.ws.readyState !== conn.ws.OPEN) return
       socketOf(conn)?.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames, bytes))
     }
+    /** The current coalescing window: `coalesceMs`, wider while many sockets are busy. */
+    let windowMs = coalesceMs
+    metrics.coalesceWindowMs.set(windowMs)
     const flushHeld = () => {
       flushTimer = undefined
       const now = performance.now()
+      const busy = holding.size
       for (const conn of holding) writeHeld(conn, now)
+      // Writing `busy` sockets every window must stay within the write budget.
+      const next = Math.min(4 * coalesceMs, Math.max(coalesceMs, (busy * 1000) / o.flushWritesPerSecond))
+      if (next !== windowMs) metrics.coalesceWindowMs.set(next)
+      windowMs = next
     }
 
     /** Whether `conn` takes another frame; a slow consumer is closed instead. */
@@ -475,11 +497,11 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         return false
       }
       const now = performance.now()
-      if (coalesceMs > 0 && (conn.held.length > 0 || now - conn.lastWrite < coalesceMs)) {
+      if (coalesceMs > 0 && (conn.held.length > 0 || now - conn.lastWrite < windowMs)) {
         conn.held.push(wire)
         conn.heldBytes += wire.byteLength
         holding.add(conn)
-        flushTimer ??= setTimeout(flushHeld, coalesceMs)
+        flushTimer ??= setTimeout(flushHeld, windowMs)
       } else {
         socket.write(wire)
         conn.lastWrite = now
@@ -940,7 +962,8 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         closed: false,
         userBacklog: [],
         userChain: Promise.resolve(),
-        messageChain: Promise.resolve(),
+        postQueue: [],
+        posting: false,
         pendingMessages: 0,
         holdTimer: undefined,
         tokenId: claims.tokenId,
@@ -1065,11 +1088,8 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
             return
           }
           conn.pendingMessages++
-          conn.messageChain = conn.messageChain.then(() => postMessage(conn, frame)).catch((error: unknown) => {
-            log(LogLevel.Error, "message frame failed", { ...connFields(conn), error: String(error) })
-          }).finally(() => {
-            conn.pendingMessages--
-          })
+          conn.postQueue.push(frame)
+          if (!conn.posting) void drainPosts(conn)
           return
         case "typing":
           typing(conn, frame)
@@ -1099,10 +1119,73 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       }
     }
 
+    /** Whether the frame may be a slash command, which goes to its app and is never batched. */
+    const maybeCommand = (conn: Conn, frame: Protocol.MessageFrame) =>
+      Option.isSome(slashCommands) && conn.principal?.tokenKind === "user" && frame.text.trimStart().startsWith("/")
+
+    /**
+     * Posts the socket's queued message frames, one request at a time and in order:
+     * frames that queued while one was in flight go together, as one `PostMessages`,
+     * when they are consecutive messages to the same channel (decision 0020).
+     */
+    const drainPosts = async (conn: Conn): Promise<void> => {
+      conn.posting = true
+      try {
+        while (conn.postQueue.length > 0 && !conn.closed) {
+          const first = conn.postQueue[0]!
+          let count = 1
+          if (!maybeCommand(conn, first)) {
+            while (
+              count < conn.postQueue.length && count < maxBatchedPosts &&
+              conn.postQueue[count]!.channel === first.channel && !maybeCommand(conn, conn.postQueue[count]!)
+            ) count++
+          }
+          const frames = conn.postQueue.splice(0, count)
+          try {
+            if (frames.length === 1) await postMessage(conn, first)
+            else await postMessages(conn, frames)
+          } catch (error) {
+            log(LogLevel.Error, "message frame failed", { ...connFields(conn), error: String(error) })
+          } finally {
+            conn.pendingMessages -= frames.length
+          }
+        }
+      } finally {
+        conn.posting = false
+      }
+      if (conn.closed) {
+        conn.pendingMessages -= conn.postQueue.length
+        conn.postQueue = []
+      }
+    }
+
+    const toPost = (conn: Conn, frame: Protocol.MessageFrame) =>
+      new PostMessage({
+        user: conn.user,
+        team: conn.team,
+        text: frame.text,
+        ...(frame.thread_ts === undefined ? {} : { thread_ts: frame.thread_ts }),
+        ...(frame.reply_broadcast === undefined ? {} : { reply_broadcast: frame.reply_broadcast }),
+        ...(frame.client_msg_id === undefined ? {} : { client_msg_id: frame.client_msg_id })
+      })
+
+    /** The error reply for a send that got no answer from the channel. */
+    const undelivered = (conn: Conn, frame: Protocol.MessageFrame, error: DeliveryError | { readonly _tag: "Defect"; readonly defect: unknown }) => {
+      switch (error._tag) {
+        case "DeliveryTimeout":
+          return Protocol.replyError(frame.id, "timeout", "no answer in time; retry with the same client_msg_id")
+        case "MailboxFull":
+          return Protocol.replyError(frame.id, "ratelimited", "the channel is busy; retry")
+        default:
+          log(LogLevel.Error, "message post failed", { ...connFields(conn), channel: frame.channel, error: String("defect" in error ? error.defect : error) })
+          return Protocol.replyError(frame.id, "internal_error", "the message could not be posted")
+      }
+    }
+
     const postMessage = async (conn: Conn, frame: Protocol.MessageFrame): Promise<void> => {
       if (conn.closed) return
       const principal = conn.principal
-      if (Option.isSome(slashCommands) && principal?.tokenKind === "user" && frame.text.trimStart().startsWith("/")) {
+      if (Option.isSome(slashCommands) && principal !== undefined && maybeCommand(conn, frame)) {
         const dispatched = await runPromise(slashCommands.value.dispatch(principal, frame.channel, frame.text).pipe(
           Effect.either,
           Effect.catchAllDefect((defect) => Effect.as(Effect.logError("slash command failed", { channel: frame.channel, defect: String(defect) }), Either.left(new ApiError({ code: "internal_error" }))))
@@ -1117,39 +1200,43 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         }
         // Not a registered command: an ordinary message.
       }
-      const request = new PostMessage({
-        user: conn.user,
-        team: conn.team,
-        text: frame.text,
-        ...(frame.thread_ts === undefined ? {} : { thread_ts: frame.thread_ts }),
-        ...(frame.reply_broadcast === undefined ? {} : { reply_broadcast: frame.reply_broadcast }),
-        ...(frame.client_msg_id === undefined ? {} : { client_msg_id: frame.client_msg_id })
-      })
       const outcome = await runPromise(
-        client.send(Channel, frame.channel, request, frame.client_msg_id === undefined ? {} : { commandId: frame.client_msg_id }).pipe(
+        client.send(Channel, frame.channel, toPost(conn, frame), frame.client_msg_id === undefined ? {} : { commandId: frame.client_msg_id }).pipe(
           Effect.either,
           Effect.catchAllDefect((defect) => Effect.succeed(Either.left({ _tag: "Defect" as const, defect })))
         )
       )
       if (Either.isRight(outcome)) {
         reply(conn, Protocol.replyOk(frame.id, { ts: outcome.right.ts, seq: outcome.right.seq, channel: frame.channel, text: frame.text }))
-        return
+      } else if (outcome.left._tag === "ChannelError") {
+        reply(conn, Protocol.replyError(frame.id, outcome.left.code, outcome.left.code))
+      } else {
+        reply(conn, undelivered(conn, frame, outcome.left))
       }
-      const error = outcome.left
-      switch (error._tag) {
-        case "ChannelError":
-          reply(conn, Protocol.replyError(frame.id, error.code, error.code))
+    }
+
+    /** Consecutive messages of one socket to one channel, in one request; each frame gets its own reply. */
+    const postMessages = async (conn: Conn, frames: ReadonlyArray<Protocol.MessageFrame>): Promise<void> => {
+      if (conn.closed) return
+      const channel = frames[0]!.channel
+      metrics.postsBatched.inc(frames.length)
+      const outcome = await runPromise(
+        client.send(Channel, channel, new PostMessages({ posts: frames.map((frame) => toPost(conn, frame)) })).pipe(
+          Effect.either,
+          Effect.catchAllDefect((defect) => Effect.succeed(Either.left({ _tag: "Defect" as const, defect })))
+        )
+      )
+      frames.forEach((frame, index) => {
+        if (Either.isLeft(outcome)) {
+          const error = outcome.left
+          reply(conn, error._tag === "ChannelError" ? Protocol.replyError(frame.id, error.code, error.code) : undelivered(conn, frame, error))
           return
-        case "DeliveryTimeout":
-          reply(conn, Protocol.replyError(frame.id, "timeout", "no answer in time; retry with the same client_msg_id"))
-          return
-        case "MailboxFull":
-          reply(conn, Protocol.replyError(frame.id, "ratelimited", "the channel is busy; retry"))
-          return
-        default:
-          log(LogLevel.Error, "message post failed", { ...connFields(conn), channel: frame.channel, error: String("defect" in error ? error.defect : error) })
-          reply(conn, Protocol.replyError(frame.id, "internal_error", "the message could not be posted"))
-      }
+        }
+        const answer = outcome.right[index]
+        if (answer === undefined) reply(conn, Protocol.replyError(frame.id, "internal_error", "the message could not be posted"))
+        else if (answer.ok) reply(conn, Protocol.replyOk(frame.id, { ts: answer.ts, seq: answer.seq, channel, text: frame.text }))
+        else reply(conn, Protocol.replyError(frame.id, answer.error, answer.error))
+      })
     }
 
     /** When each user last had `user_typing` sent for a channel from this node (key: channel, user). */

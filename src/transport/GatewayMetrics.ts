@@ -19,6 +19,10 @@ export interface GatewayMetrics {
   readonly framesReceived: Prom.Counter<"type" | "outcome">
   readonly closes: Prom.Counter<"reason">
   readonly slowConsumerCloses: Prom.Counter
+  /** The write-coalescing window now (it widens while many sockets are busy). */
+  readonly coalesceWindowMs: Prom.Gauge
+  /** Message frames posted together with others (one `PostMessages` request per batch). */
+  readonly postsBatched: Prom.Counter
 }
 
 const frameTypes = new Set(["message", "ping", "typing", "resume", "presence_sub"])
@@ -54,6 +58,16 @@ export const make = (registry: Prom.Registry): GatewayMetrics => {
     slowConsumerCloses: new Counter({
       name: "chorus_gateway_slow_consumer_closes_total",
       help: "Sockets closed because their send buffer passed the bound",
+      registers
+    }),
+    coalesceWindowMs: new Gauge({
+      name: "chorus_gateway_coalesce_window_ms",
+      help: "How long a busy socket's event frames are held now: the configured window, wider while many sockets are busy",
+      registers
+    }),
+    postsBatched: new Counter({
+      name: "chorus_gateway_posts_batched_total",
+      help: "Message frames posted in one request with others that queued behind a post in flight on the same socket",
       registers
     })
   }

@@ -16,6 +16,7 @@ import {
   Leave,
   OpenConversation,
   PostMessage,
+  PostMessages,
   RemoveReaction,
   Rename,
   SetPurpose,
@@ -220,6 +221,33 @@ describe("group commit", () => {
     const count = await h.query<{ n: number }>("SELECT count(*)::int AS n FROM messages WHERE channel_id = $1 AND client_msg_id LIKE 'bulk-%'", actor.id)
     expect(count[0]?.n).toBe(200)
     expect(replies[5].message).toMatchObject({ type: "message", text: "message 5", user: bob, client_msg_id: `bulk-${actor.id}-5`, ts: replies[5].ts })
+    await expectGapFree(actor)
+  })
+
+  it("decides a PostMessages batch as its posts: in order, one commit, own refusals, idempotent per post", async () => {
+    const actor = await channel({ members: [bob] })
+    actor.counts.commits = 0
+    const cmid = `batched-${actor.id}`
+    const batchOf = (...posts: Array<PostMessage>) => ({ request: new PostMessages({ posts }), commandId: `batch-${actor.id}` })
+    const [exit] = await actor.batch([batchOf(
+      post(alice, "one", { client_msg_id: cmid }),
+      post(carol, "an outsider's"),
+      post(alice, "x".repeat(40_001)),
+      post(bob, "two")
+    )])
+    const answers = unwrap(exit!) as Array<{ ok: boolean; ts?: string; seq?: number; error?: string }>
+    expect(answers.map((a) => a.ok ? "ok" : a.error)).toEqual(["ok", "not_in_channel", "msg_too_long", "ok"])
+    expect(answers[3]!.seq).toBe(answers[0]!.seq! + 1)
+    expect(actor.counts.commits).toBe(1)
+    const rows = await h.query<{ text: string; seq: number }>("SELECT text, seq FROM messages WHERE channel_id = $1 AND text IN ('one', 'two') ORDER BY seq", actor.id)
+    expect(rows.map((r) => r.text)).toEqual(["one", "two"])
+    // A batched post's client_msg_id answers a later single post, and a retried batch
+    // (same command id, after a restart) answers as the first time without posting again.
+    expect(await actor.send(post(alice, "one", { client_msg_id: cmid }))).toMatchObject({ ts: answers[0]!.ts, seq: answers[0]!.seq })
+    await actor.start()
+    const [again] = await actor.batch([{ ...batchOf(post(alice, "one", { client_msg_id: cmid }), post(carol, "an outsider's"), post(alice, "x".repeat(40_001)), post(bob, "two")), sentAt: Date.now() - 60_000 }])
+    expect(unwrap(again!)).toEqual(answers)
+    expect(await h.query("SELECT count(*)::int AS n FROM messages WHERE channel_id = $1 AND text IN ('one', 'two')", actor.id)).toEqual([{ n: 2 }])
     await expectGapFree(actor)
   })
 

@@ -549,4 +549,32 @@ describe("write coalescing", () => {
       await held.close()
     }
   })
+  it("widens the window while many sockets are busy, within the write budget, and narrows it when they quiet down", async () => {
+    // 20 ms, and a budget of 100 held-frame writes a second: 3 busy sockets need 30 ms,
+    // 10 would need 100 ms, capped at 4 × 20 ms.
+    const wide = await startGatewayNode({ databaseUrl: db.url, cluster, gateway: { coalesceWrites: "20 millis", flushWritesPerSecond: 100 } })
+    const windowMs = async () => Number(/^chorus_gateway_coalesce_window_ms(?:\{[^}]*\})? (\S+)/m.exec(await wide.metrics())?.[1])
+    try {
+      expect(await windowMs()).toBe(20)
+      const busyWindow = async (n: number) => {
+        const members = Array.from({ length: n }, () => user())
+        const channel = await channelWith(members)
+        const sockets = await Promise.all(members.map((m) => wide.connect(m, team)))
+        // Back-to-back events: every socket holds some, and each flush writes them all.
+        const said = await node.say(channel, members[0]!, 12)
+        const last = said.at(-1)!["seq"] as number
+        await Promise.all(sockets.map((s) => s.waitSeq(channel, last, 5_000)))
+        for (const s of sockets) expect(s.seqs(channel)).toEqual(said.map((e) => e["seq"]))
+        const seen = await windowMs()
+        for (const s of sockets) s.close()
+        return seen
+      }
+      expect(await busyWindow(3)).toBe(30)
+      expect(await busyWindow(10)).toBe(80)
+      // One busy socket again: back to the configured window.
+      expect(await busyWindow(1)).toBe(20)
+    } finally {
+      await wide.close()
+    }
+  })
 })

@@ -76,6 +76,44 @@ describe("gateway across nodes", () => {
     for (const s of [sa, sb, se]) s.close()
   })
 
+  it("posts one socket's back-to-back messages in order, those that queued behind one in flight together", async () => {
+    const [n1, n2] = [cluster.nodes[0]!.url, cluster.nodes[1]!.url]
+    const carol = await ok(n1, "auth.signup", { email: "carol@gc.test", password: "correct horse battery", name: "Carol" })
+    const token = (await ok(n1, "team.create", { name: "GC2", domain: "gc-test-2" }, carol["token"]))["token"] as string
+    const channel = (await ok(n1, "conversations.create", { name: "firehose" }, token))["channel"]["id"] as string
+    const other = (await ok(n1, "conversations.create", { name: "elsewhere" }, token))["channel"]["id"] as string
+    const sender = await connect(n1, token)
+    const watcher = await connect(n2, token)
+    // Sent without waiting: the first goes alone, most of the rest queue behind it and
+    // go as batches, split where the channel changes; a refusal in between takes no
+    // seq; a resent client_msg_id answers its original.
+    const frames = Array.from({ length: 40 }, (_, i) => ({
+      id: 1000 + i,
+      type: "message",
+      channel: i === 20 ? other : channel,
+      text: i === 10 ? "x".repeat(40_001) : `n${i}`,
+      ...(i === 5 || i === 30 ? { client_msg_id: "5f0c1d2e-0000-4000-8000-000000000005" } : {})
+    }))
+    for (const frame of frames) sender.send(frame)
+    const replies = () => sender.frames.filter((f) => typeof f["reply_to"] === "number" && f["reply_to"] >= 1000)
+    await sender.until(() => replies().length === frames.length, 30_000)
+    const byId = new Map(replies().map((r) => [r["reply_to"] as number, r]))
+    expect(byId.get(1010)).toMatchObject({ ok: false, error: { code: "msg_too_long" } })
+    expect(byId.get(1020)).toMatchObject({ ok: true, channel: other, text: "n20" })
+    expect(byId.get(1030)).toMatchObject({ ok: true, ts: byId.get(1005)!["ts"], seq: byId.get(1005)!["seq"] })
+    const sent = frames.filter((f) => f.channel === channel && f.id !== 1010 && f.id !== 1030)
+    const seqs = sent.map((f) => byId.get(f.id)!["seq"] as number)
+    expect(seqs).toEqual(seqs.map((_, i) => seqs[0]! + i))
+    // History and another node's socket have them once each, in the order sent.
+    const history = (await ok(n2, "conversations.history", { channel, limit: 100 }, token))["messages"] as Array<Json>
+    expect(history.map((m) => m["text"]).filter((t) => /^n\d+$/.test(t)).reverse()).toEqual(sent.map((f) => f.text))
+    await watcher.until(() => watcher.events(channel).some((e) => e["seq"] === seqs.at(-1)), 15_000)
+    expect(watcher.events(channel).filter((e) => e["type"] === "message").map((e) => e["text"])).toEqual(sent.map((f) => f.text))
+    const metrics = (await Promise.all(cluster.nodes.map(async (n) => (await fetch(`${n.url}/metrics`)).text()))).join("\n")
+    expect(metrics).toMatch(/chorus_gateway_posts_batched_total(\{[^}]*\})? [1-9]/)
+    for (const s of [sender, watcher]) s.close()
+  })
+
   it("on SIGTERM: goodbye, then close 1001, then the node exits", async () => {
     const node = await cluster.addNode()
     const user = await ok(node.url, "auth.signup", { email: "drain@gc.test", password: "correct horse battery", name: "Drain" })

@@ -61,35 +61,46 @@ export interface GatewayNode {
   close(): Promise<void>
 }
 
-/** The stand-in channel actor for `PostMessage`: members only, idempotent on client_msg_id. */
-const fakeActor = (commit: GatewayNode["commit"], publish: GatewayNode["publish"], sql: GatewayNode["sql"]): ShardingClientShape => ({
-  send: ((_entity: unknown, channel: string, message: any) =>
-    Effect.promise(async () => {
-      if (message._tag !== "PostMessage") throw new Error(`unexpected ${message._tag}`)
-      const member = await sql((s) => s`SELECT 1 AS one FROM channel_members WHERE channel_id = ${channel} AND user_id = ${message.user}`)
-      if (member.length === 0) return Exit.fail(new ChannelError({ code: "channel_not_found" }))
-      if (message.client_msg_id !== undefined) {
-        const prior = await sql((s) => s`
-          SELECT event FROM channel_events WHERE channel_id = ${channel} AND event->>'client_msg_id' = ${message.client_msg_id}`)
-        if (prior[0] !== undefined) {
-          const event = prior[0]["event"] as Json
-          return Exit.succeed({ ts: event["ts"], seq: event["seq"], message: event })
-        }
+/** The stand-in channel actor for `PostMessage` (and `PostMessages`, post by post): members only, idempotent on client_msg_id. */
+const fakeActor = (commit: GatewayNode["commit"], publish: GatewayNode["publish"], sql: GatewayNode["sql"]): ShardingClientShape => {
+  const postOne = async (channel: string, message: any): Promise<Exit.Exit<Json, ChannelError>> => {
+    const member = await sql((s) => s`SELECT 1 AS one FROM channel_members WHERE channel_id = ${channel} AND user_id = ${message.user}`)
+    if (member.length === 0) return Exit.fail(new ChannelError({ code: "channel_not_found" }))
+    if (message.client_msg_id !== undefined) {
+      const prior = await sql((s) => s`
+        SELECT event FROM channel_events WHERE channel_id = ${channel} AND event->>'client_msg_id' = ${message.client_msg_id}`)
+      if (prior[0] !== undefined) {
+        const event = prior[0]["event"] as Json
+        return Exit.succeed({ ts: event["ts"], seq: event["seq"], message: event })
       }
-      const ts = `${Math.floor(Date.now() / 1000)}.${String(Math.floor(Math.random() * 1e6)).padStart(6, "0")}`
-      const event = await commit(channel, {
-        type: "message",
-        user: message.user,
-        text: message.text,
-        ts,
-        ...(message.client_msg_id === undefined ? {} : { client_msg_id: message.client_msg_id })
-      })
-      await publish(event)
-      return Exit.succeed({ ts, seq: event["seq"], message: event })
-    }).pipe(Effect.flatten)) as unknown as ShardingClientShape["send"],
-  tell: (() => Effect.die("tell is not used by the gateway")) as ShardingClientShape["tell"],
-  shardOf: () => 0
-})
+    }
+    const ts = `${Math.floor(Date.now() / 1000)}.${String(Math.floor(Math.random() * 1e6)).padStart(6, "0")}`
+    const event = await commit(channel, {
+      type: "message",
+      user: message.user,
+      text: message.text,
+      ts,
+      ...(message.client_msg_id === undefined ? {} : { client_msg_id: message.client_msg_id })
+    })
+    await publish(event)
+    return Exit.succeed({ ts, seq: event["seq"], message: event })
+  }
+  return {
+    send: ((_entity: unknown, channel: string, message: any) =>
+      Effect.promise(async () => {
+        if (message._tag === "PostMessage") return postOne(channel, message)
+        if (message._tag !== "PostMessages") throw new Error(`unexpected ${message._tag}`)
+        const answers: Array<Json> = []
+        for (const post of message.posts) {
+          const exit = await postOne(channel, post)
+          answers.push(Exit.isSuccess(exit) ? { ok: true, ts: exit.value["ts"], seq: exit.value["seq"] } : { ok: false, error: "channel_not_found" })
+        }
+        return Exit.succeed(answers)
+      }).pipe(Effect.flatten)) as unknown as ShardingClientShape["send"],
+    tell: (() => Effect.die("tell is not used by the gateway")) as ShardingClientShape["tell"],
+    shardOf: () => 0
+  }
+}
 
 export interface StartOptions {
   readonly databaseUrl: string
