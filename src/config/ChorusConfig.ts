@@ -80,6 +80,8 @@ export interface ChorusConfigShape {
   readonly searchIndexer: boolean
   /** Most channel events per index write. Default 500. */
   readonly searchIndexerBatch: number
+  /** How long the indexer lets events gather before a write (unless a full batch is waiting). Default 100 ms. */
+  readonly searchIndexerDelay: Duration.Duration
   // --- end search ---
   // --- files --- (src/files; docs/decisions/0011-files.md)
   /** Where file bytes live: `local` (a directory on disk, the default) or `s3`. */
@@ -207,6 +209,7 @@ export const defaults = {
   maxBodyBytes: 1_048_576,
   // --- search ---
   searchIndexerBatch: 500,
+  searchIndexerDelayMs: 100,
   // --- end search ---
   // --- files ---
   filesDriver: "local",
@@ -334,6 +337,7 @@ export const config: Config.Config<ChorusConfigShape> = Config.all({
   ),
   searchIndexer: Config.boolean("CHORUS_SEARCH_INDEXER").pipe(Config.withDefault(true), Config.withDescription("Run a search indexer on this node")),
   searchIndexerBatch: positiveInt("CHORUS_SEARCH_BATCH", defaults.searchIndexerBatch, "Most channel events per index write"),
+  searchIndexerDelay: msOrZero("CHORUS_SEARCH_DELAY_MS", defaults.searchIndexerDelayMs, "How long the indexer lets events gather before an index write"),
   // --- end search ---
   // --- files ---
   filesDriver: Config.literal("local", "s3")("CHORUS_FILES_DRIVER").pipe(
