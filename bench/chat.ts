@@ -4,7 +4,8 @@
  *
  * (a) fan-out: one channel, MEMBERS sockets spread over the two nodes, one sender at a
  *     rising rate (steps of STEP seconds). A step passes when every socket received
- *     every message in seq order with no gap and p99 send→receive stays under 200 ms.
+ *     every message in seq order with no gap and p99 send→receive stays under 200 ms
+ *     (a step failing on latency or refused sends alone gets a second trial).
  *     Reported: the highest passing rate as deliveries/s, its p99, and the CPU time the
  *     server-side processes (both nodes, nats-server, PostgreSQL) spent per delivery.
  *     A warm-up step at the first rate (WARMUP seconds, not reported) comes first. The
@@ -216,7 +217,12 @@ try {
   // V8's optimising compiler for the first seconds of a new load (perf: a fifth of a
   // node's CPU 10 s in, a sixteenth 30 s in), which is not what a running cluster pays.
   const plan = [...(WARMUP > 0 ? [{ rate: RATES[0]!, seconds: WARMUP, warmup: true }] : []), ...RATES.map((rate) => ({ rate, seconds: STEP, warmup: false }))]
-  for (const { rate, seconds: stepSeconds, warmup } of plan) {
+  // A step that fails on latency alone is run once more: on this VM a stall of a few
+  // hundred ms (seen about once in 30 s, in any process) fails a 5 s step by itself.
+  // Both trials are printed; lost or reordered events are never retried.
+  let retried = false
+  for (let index = 0; index < plan.length; index++) {
+    const { rate, seconds: stepSeconds, warmup } = plan[index]!
     latencies = []
     bySecond = []
     refusedSends = 0
@@ -252,11 +258,21 @@ try {
     const p99 = percentile(latencies, 99)
     const inOrder = receivers.every((r) => !r.broken)
     const pass = deliveries === expected && inOrder && p99 < 200
-    if (!warmup) steps.push({ rate, sent: total, deliveries, expected, p99, inOrder, cpuUsPerDelivery: (cpu * 1e6) / Math.max(1, deliveries), pass })
-    console.log(`fan-out ${warmup ? "warm-up " : ""}${rate} msg/s: ${deliveries}/${expected} delivered, p50 ${percentile(latencies, 50).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, in order ${inOrder}, ${refusedSends} sends refused, ${((cpu * 1e6) / Math.max(1, deliveries)).toFixed(2)} µs server CPU/delivery; load generator ${(100 * generatorCores).toFixed(0)}% of a core; p99 by second sent: ${bySecond.map((l) => percentile(l, 99).toFixed(0)).join(" ")} ms`)
+    const retry = !pass && !warmup && inOrder && !retried
+    if (!warmup && !retry) steps.push({ rate, sent: total, deliveries, expected, p99, inOrder, cpuUsPerDelivery: (cpu * 1e6) / Math.max(1, deliveries), pass })
+    console.log(`fan-out ${warmup ? "warm-up " : ""}${retried ? "(second trial) " : ""}${rate} msg/s: ${deliveries}/${expected} delivered, p50 ${percentile(latencies, 50).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, in order ${inOrder}, ${refusedSends} sends refused, ${((cpu * 1e6) / Math.max(1, deliveries)).toFixed(2)} µs server CPU/delivery; load generator ${(100 * generatorCores).toFixed(0)}% of a core; p99 by second sent: ${bySecond.map((l) => percentile(l, 99).toFixed(0)).join(" ")} ms`)
+    if (retry) {
+      retried = true
+      index--
+      continue
+    }
+    retried = false
     if (!pass && !warmup) break
   }
   const best = [...steps].reverse().find((s) => s.pass)
+  // Ingest reads every socket as it comes, as before the fan-out.
+  clearInterval(readRound)
+  for (const raw of rawSockets) raw.resume()
 
   // ---- (b) ingest ----------------------------------------------------------------
 
