@@ -893,7 +893,13 @@ const run = Effect.gen(function*() {
     // A fresh consumer from the previous one's ack floor (or from now, the first time).
     const stream = nats.names.stream("EVENTS")
     yield* nats.call("apps consumer reset", async () => {
-      const previous = await nats.jsm.consumers.info(stream, consumerName).catch(() => undefined)
+      // Only a consumer that does not exist yet means "from now": any other failure (a
+      // timeout while the cluster fails over) must be retried, or a new consumer from
+      // now would skip every event since the previous one's ack floor.
+      const previous = await nats.jsm.consumers.info(stream, consumerName).catch((error: unknown) => {
+        if (error instanceof Error && /not found/i.test(error.message)) return undefined
+        throw error
+      })
       if (previous !== undefined) await nats.jsm.consumers.delete(stream, consumerName)
       await nats.jsm.consumers.add(stream, {
         durable_name: consumerName,

@@ -65,7 +65,10 @@ describe("Events API delivery across a node failure", () => {
 
     const key = (channel: string, ts: string) => `${channel} ${ts}`
     const delivered = () => new Set(endpoint.events().map((r) => key(r.json?.["event"]?.["channel"], r.json?.["event"]?.["ts"])))
-    await endpoint.waitFor(() => acked.every((a) => delivered().has(key(a.channel, a.ts))), 60_000)
+    await endpoint.waitFor(() => acked.every((a) => delivered().has(key(a.channel, a.ts))), 60_000).catch((error: unknown) => {
+      const missing = acked.filter((a) => !delivered().has(key(a.channel, a.ts)))
+      throw new Error(`${missing.length} acknowledged messages never delivered: ${JSON.stringify(missing)}; ${String(error).slice(0, 300)}`)
+    })
 
     for (const channel of channels) {
       const seen = new Set<string>()
