@@ -138,6 +138,7 @@ export interface ChorusConfigShape {
   readonly typingMaxMembers: number
   /** A socket written to within this long holds its next event frames up to this long, to write them together (0: never). Default 25 ms. */
   readonly gatewayCoalesce: Duration.Duration
+  /** Held-frame writes per second a gateway aims at; more busy sockets widen the window (up to 4 × `gatewayCoalesce`). Default 10,000. */
   readonly gatewayFlushWritesPerSecond: number
   /** Rate limits on (`CHORUS_RATE_LIMITS=on`, the default) or off (benchmarks, load tests). */
   readonly rateLimits: boolean

@@ -63,6 +63,7 @@ import * as Http from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocketServer } from "ws"
 import type { RawData, WebSocket } from "ws"
+import type * as P from "../actors/ChannelProtocol.ts"
 import { Channel, maxBatchedPosts, PostMessage, PostMessages } from "../actors/ChannelProtocol.ts"
 import { SlashCommands } from "../apps/SlashCommands.ts"
 import type { WorkspacePrincipal } from "../auth/Principal.ts"
@@ -1169,15 +1170,33 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         ...(frame.client_msg_id === undefined ? {} : { client_msg_id: frame.client_msg_id })
       })
 
-    /** The error reply for a send that got no answer from the channel. */
-    const undelivered = (conn: Conn, frame: Protocol.MessageFrame, error: DeliveryError | { readonly _tag: "Defect"; readonly defect: unknown }) => {
+    type PostFailure = P.ChannelError | DeliveryError | { readonly _tag: "Defect"; readonly defect: unknown }
+
+    /** Sends to the channel actor; every failure, defects included, as a value. */
+    const sendToChannel = <Req extends PostMessage | PostMessages>(conn: Conn, channel: string, request: Req, commandId: string | undefined) =>
+      runPromise(
+        client.send(Channel, channel, request, commandId === undefined ? {} : { commandId }).pipe(
+          Effect.either,
+          Effect.catchAllDefect((defect) => Effect.succeed(Either.left({ _tag: "Defect" as const, defect })))
+        )
+      ).then((outcome) => {
+        const error = Either.isLeft(outcome) ? outcome.left : undefined
+        if (error !== undefined && error._tag !== "ChannelError" && error._tag !== "DeliveryTimeout" && error._tag !== "MailboxFull") {
+          log(LogLevel.Error, "message post failed", { ...connFields(conn), channel, error: String("defect" in error ? error.defect : error) })
+        }
+        return outcome
+      })
+
+    /** The error reply to a message frame whose send failed. */
+    const failureReply = (frame: Protocol.MessageFrame, error: PostFailure) => {
       switch (error._tag) {
+        case "ChannelError":
+          return Protocol.replyError(frame.id, error.code, error.code)
         case "DeliveryTimeout":
           return Protocol.replyError(frame.id, "timeout", "no answer in time; retry with the same client_msg_id")
         case "MailboxFull":
           return Protocol.replyError(frame.id, "ratelimited", "the channel is busy; retry")
         default:
-          log(LogLevel.Error, "message post failed", { ...connFields(conn), channel: frame.channel, error: String("defect" in error ? error.defect : error) })
           return Protocol.replyError(frame.id, "internal_error", "the message could not be posted")
       }
     }
@@ -1200,19 +1219,10 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         }
         // Not a registered command: an ordinary message.
       }
-      const outcome = await runPromise(
-        client.send(Channel, frame.channel, toPost(conn, frame), frame.client_msg_id === undefined ? {} : { commandId: frame.client_msg_id }).pipe(
-          Effect.either,
-          Effect.catchAllDefect((defect) => Effect.succeed(Either.left({ _tag: "Defect" as const, defect })))
-        )
-      )
-      if (Either.isRight(outcome)) {
-        reply(conn, Protocol.replyOk(frame.id, { ts: outcome.right.ts, seq: outcome.right.seq, channel: frame.channel, text: frame.text }))
-      } else if (outcome.left._tag === "ChannelError") {
-        reply(conn, Protocol.replyError(frame.id, outcome.left.code, outcome.left.code))
-      } else {
-        reply(conn, undelivered(conn, frame, outcome.left))
-      }
+      const outcome = await sendToChannel(conn, frame.channel, toPost(conn, frame), frame.client_msg_id)
+      reply(conn, Either.isRight(outcome)
+        ? Protocol.replyOk(frame.id, { ts: outcome.right.ts, seq: outcome.right.seq, channel: frame.channel, text: frame.text })
+        : failureReply(frame, outcome.left))
     }
 
     /** Consecutive messages of one socket to one channel, in one request; each frame gets its own reply. */
@@ -1220,20 +1230,11 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       if (conn.closed) return
       const channel = frames[0]!.channel
       metrics.postsBatched.inc(frames.length)
-      const outcome = await runPromise(
-        client.send(Channel, channel, new PostMessages({ posts: frames.map((frame) => toPost(conn, frame)) })).pipe(
-          Effect.either,
-          Effect.catchAllDefect((defect) => Effect.succeed(Either.left({ _tag: "Defect" as const, defect })))
-        )
-      )
+      const outcome = await sendToChannel(conn, channel, new PostMessages({ posts: frames.map((frame) => toPost(conn, frame)) }), undefined)
       frames.forEach((frame, index) => {
-        if (Either.isLeft(outcome)) {
-          const error = outcome.left
-          reply(conn, error._tag === "ChannelError" ? Protocol.replyError(frame.id, error.code, error.code) : undelivered(conn, frame, error))
-          return
-        }
-        const answer = outcome.right[index]
-        if (answer === undefined) reply(conn, Protocol.replyError(frame.id, "internal_error", "the message could not be posted"))
+        const answer = Either.isRight(outcome) ? outcome.right[index] : undefined
+        if (Either.isLeft(outcome)) reply(conn, failureReply(frame, outcome.left))
+        else if (answer === undefined) reply(conn, Protocol.replyError(frame.id, "internal_error", "the message could not be posted"))
         else if (answer.ok) reply(conn, Protocol.replyOk(frame.id, { ts: answer.ts, seq: answer.seq, channel, text: frame.text }))
         else reply(conn, Protocol.replyError(frame.id, answer.error, answer.error))
       })
