@@ -109,6 +109,8 @@ const Ready = Layer.effectDiscard(
 const AppsDelivery = EventDelivery.layer.pipe(Layer.provide(AppServices))
 
 export const NodeLive = Layer.mergeAll(Http, Operator, Ready, SearchLive.indexer, AppsDelivery).pipe(
+  // Nothing is accepted before the consumer that carries it to apps exists.
+  Layer.provide(EventDelivery.consumerLayer),
   Layer.provideMerge(Client),
   Layer.provideMerge(Runtime),
   Layer.provideMerge(Infrastructure)

@@ -29,7 +29,9 @@
  *    exactly one live holder). A JetStream message is acked once every delivery it
  *    made has succeeded, failed for good or been dropped; a new holder recreates the
  *    consumer from the old one's ack floor, so what was in flight is delivered again
- *    (at least once) and in order, without waiting out an AckWait. A gap in a
+ *    (at least once) and in order, without waiting out an AckWait. The consumer is
+ *    made when the cluster's first node starts, before it serves, so what is posted
+ *    before any node first takes shard 0 is not skipped. A gap in a
  *    channel's `seq` (a publish lost while NATS was away) is filled from PostgreSQL's
  *    `channel_events`. Figures per app (sent, failed, retried, dropped, lag) are added
  *    to the app's row every second and exported as metrics.
@@ -46,7 +48,7 @@ import type { ChannelEvent } from "../domain/ChannelEvents.ts"
 import * as Access from "../domain/ConversationAccess.ts"
 import { RuntimeMetrics } from "../runtime/RuntimeMetrics.ts"
 import { Sharding } from "../runtime/Sharding.ts"
-import type { NatsNames } from "../transport/Nats.ts"
+import type { NatsError, NatsNames, NatsShape } from "../transport/Nats.ts"
 import { Nats } from "../transport/Nats.ts"
 import type { App, ChannelAudience } from "./Apps.ts"
 import { Apps } from "./Apps.ts"
@@ -890,29 +892,15 @@ const run = Effect.gen(function*() {
         )
       )
 
-    // A fresh consumer from the previous one's ack floor (or from now, the first time).
+    // A fresh consumer from the previous one's ack floor (ensureConsumer made the first).
     const stream = nats.names.stream("EVENTS")
     yield* nats.call("apps consumer reset", async () => {
-      // Only a consumer that does not exist yet means "from now": any other failure (a
-      // timeout while the cluster fails over) must be retried, or a new consumer from
-      // now would skip every event since the previous one's ack floor.
-      const previous = await nats.jsm.consumers.info(stream, consumerName).catch((error: unknown) => {
-        if (error instanceof Error && /not found/i.test(error.message)) return undefined
-        throw error
-      })
+      // Only a consumer that does not exist means "from now" (someone deleted it); any
+      // other failure (a timeout while the cluster fails over) must be retried, or a new
+      // consumer from now would skip every event since the previous one's ack floor.
+      const previous = await consumerInfo(nats, stream)
       if (previous !== undefined) await nats.jsm.consumers.delete(stream, consumerName)
-      await nats.jsm.consumers.add(stream, {
-        durable_name: consumerName,
-        ack_policy: AckPolicy.Explicit,
-        ...(previous === undefined
-          ? { deliver_policy: DeliverPolicy.New }
-          : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: previous.ack_floor.stream_seq + 1 }),
-        filter_subject: `${nats.names.cluster}.evt.ch.>`,
-        max_ack_pending: Math.max(1_000, options.maxPending * 4),
-        // Deliveries hold their message while they retry; a new term resets the consumer anyway.
-        ack_wait: 10 * 60 * 1_000_000_000,
-        max_deliver: -1
-      })
+      await nats.jsm.consumers.add(stream, consumerConfig(nats.names, options.maxPending, previous?.ack_floor.stream_seq))
     }).pipe(Effect.retry(Schedule.exponential("100 millis").pipe(Schedule.upTo("5 seconds"))))
 
     let consuming = true
@@ -984,6 +972,50 @@ const run = Effect.gen(function*() {
     }
   }).pipe(Effect.repeat(Schedule.spaced("500 millis")))
 })
+
+/** The delivery consumer's info, or undefined when it does not exist (any other error throws). */
+const consumerInfo = (nats: NatsShape, stream: string) =>
+  nats.jsm.consumers.info(stream, consumerName).catch((error: unknown) => {
+    if (error instanceof Error && /not found/i.test(error.message)) return undefined
+    throw error
+  })
+
+/** From just after `ackFloor`, or, with none, from the next event published. */
+const consumerConfig = (names: NatsNames, maxPending: number, ackFloor: number | undefined) => ({
+  durable_name: consumerName,
+  ack_policy: AckPolicy.Explicit,
+  ...(ackFloor === undefined
+    ? { deliver_policy: DeliverPolicy.New }
+    : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: ackFloor + 1 }),
+  filter_subject: `${names.cluster}.evt.ch.>`,
+  max_ack_pending: Math.max(1_000, maxPending * 4),
+  // Deliveries hold their message while they retry; a new term resets the consumer anyway.
+  ack_wait: 10 * 60 * 1_000_000_000,
+  max_deliver: -1
+})
+
+/**
+ * Makes the delivery consumer exist before the node serves. Its position is what keeps
+ * events for apps: were it made only when a node first takes shard 0, everything
+ * published before (a cluster's first seconds, the whole time no node held shard 0 on
+ * a first start) would be skipped by a consumer "from now". Created once per cluster
+ * and left alone afterwards (terms move it from its ack floor).
+ */
+const ensureConsumer = Effect.gen(function*() {
+  const config = yield* ChorusConfig
+  const nats = yield* Nats
+  const stream = nats.names.stream("EVENTS")
+  yield* nats.call("apps consumer ensure", async () => {
+    if (await consumerInfo(nats, stream) !== undefined) return
+    // Two nodes starting together both try: the loser finds the winner's consumer.
+    await nats.jsm.consumers.add(stream, consumerConfig(nats.names, config.appsMaxPending, undefined)).catch(async (error: unknown) => {
+      if (await consumerInfo(nats, stream) === undefined) throw error
+    })
+  }).pipe(Effect.retry(Schedule.exponential("100 millis").pipe(Schedule.upTo("10 seconds"))))
+})
+
+/** The delivery consumer, made if missing; what serves requests is built after it. */
+export const consumerLayer: Layer.Layer<never, NatsError, ChorusConfig | Nats> = Layer.effectDiscard(ensureConsumer)
 
 /** The delivery worker of a node (it delivers only while the node holds shard 0). */
 export const layer: Layer.Layer<never, never, ChorusConfig | Nats | Apps | Sharding | RuntimeMetrics> = Layer.scopedDiscard(
