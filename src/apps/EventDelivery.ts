@@ -994,23 +994,31 @@ const consumerConfig = (names: NatsNames, maxPending: number, ackFloor: number |
   max_deliver: -1
 })
 
+/** Runtime-config key recording that the cluster's delivery consumer was made (one token: no node's watch matches it). */
+const consumerMadeKey = "apps-delivery-consumer-made"
+
 /**
  * Makes the delivery consumer exist before the node serves. Its position is what keeps
  * events for apps: were it made only when a node first takes shard 0, everything
  * published before (a cluster's first seconds, the whole time no node held shard 0 on
- * a first start) would be skipped by a consumer "from now". Created once per cluster
- * and left alone afterwards (terms move it from its ack floor).
+ * a first start) would be skipped by a consumer "from now". Made once per cluster,
+ * as recorded in the runtime-config bucket, and left to the terms afterwards: a node
+ * starting while a term recreates it (between its delete and its add) must not make
+ * one "from now" in between.
  */
 const ensureConsumer = Effect.gen(function*() {
   const config = yield* ChorusConfig
   const nats = yield* Nats
   const stream = nats.names.stream("EVENTS")
   yield* nats.call("apps consumer ensure", async () => {
-    if (await consumerInfo(nats, stream) !== undefined) return
-    // Two nodes starting together both try: the loser finds the winner's consumer.
-    await nats.jsm.consumers.add(stream, consumerConfig(nats.names, config.appsMaxPending, undefined)).catch(async (error: unknown) => {
-      if (await consumerInfo(nats, stream) === undefined) throw error
-    })
+    if (await nats.runtimeConfig.get(consumerMadeKey) !== null) return
+    if (await consumerInfo(nats, stream) === undefined) {
+      // Two nodes starting together both try: the loser finds the winner's consumer.
+      await nats.jsm.consumers.add(stream, consumerConfig(nats.names, config.appsMaxPending, undefined)).catch(async (error: unknown) => {
+        if (await consumerInfo(nats, stream) === undefined) throw error
+      })
+    }
+    await nats.runtimeConfig.put(consumerMadeKey, JSON.stringify({ at: Date.now() }))
   }).pipe(Effect.retry(Schedule.exponential("100 millis").pipe(Schedule.upTo("10 seconds"))))
 })
 
