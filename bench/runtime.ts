@@ -25,6 +25,7 @@ import { ShardingClient } from "../src/runtime/ShardingClient.ts"
 import { startCluster } from "../test/support/cluster.ts"
 import { counterPerShard, runtimeClient, waitConverged } from "../test/support/runtime.ts"
 import { natsUrl } from "../test/support/services.ts"
+import { cpuSecondsOf, pidsOf } from "./processCpu.ts"
 import { percentile, printTable } from "./report.ts"
 
 const { values } = parseArgs({
@@ -53,6 +54,20 @@ const client = await runtimeClient({ natsUrl: natsUrl(), cluster: cluster.name, 
 try {
   await waitConverged(cluster.nodes[0]!.url, cluster.operatorToken, ["node-1", "node-2", "node-3"])
   const counters = counterPerShard(shards, "bench")
+  // CPU per command, by side: what the load generator spends is not the cluster's, but
+  // on two shared cores it is taken from the cluster all the same.
+  const nodePids = cluster.nodes.map((n) => n.pid!).filter(Boolean)
+  const servicePids = [...pidsOf("nats-server"), ...pidsOf("postgres")]
+  const cpuNow = () => ({
+    nodes: nodePids.reduce((sum, pid) => sum + cpuSecondsOf(pid), 0),
+    services: servicePids.reduce((sum, pid) => sum + cpuSecondsOf(pid), 0),
+    generator: (process.cpuUsage().user + process.cpuUsage().system) / 1e6
+  })
+  const cpuPerCommand = (before: ReturnType<typeof cpuNow>, commands: number) => {
+    const after = cpuNow()
+    const us = (s: number) => commands > 0 ? (s * 1e6) / commands : NaN
+    return { nodes: us(after.nodes - before.nodes), services: us(after.services - before.services), generator: us(after.generator - before.generator) }
+  }
   type Kind = "get" | "increment"
   // The generator's own pauses count in every latency it measures: it builds each
   // message once (they are immutable) and looks the client up once, not per send.
@@ -76,6 +91,7 @@ try {
     const settled = () => {
       if (--outstanding === 0) drained?.()
     }
+    const cpuBefore = cpuNow()
     const start = performance.now()
     let sent = 0
     while (sent < total) {
@@ -96,7 +112,8 @@ try {
     }
     if (outstanding > 0) await new Promise<void>((resolve) => (drained = resolve))
     const elapsed = (performance.now() - start) / 1000
-    return { delivery, offered, achieved: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors }
+    const cpu = cpuPerCommand(cpuBefore, latencies.length)
+    return { delivery, offered, achieved: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors, cpu }
   }
 
   /** Closed loop with `concurrency` senders: the most the cluster sustains. */
@@ -111,10 +128,12 @@ try {
         await send(next++, delivery, kind).then(() => void latencies.push(performance.now() - t0), () => void errors++)
       }
     }
+    const cpuBefore = cpuNow()
     const start = performance.now()
     await Promise.all(Array.from({ length: concurrency }, worker))
     const elapsed = (performance.now() - start) / 1000
-    return { delivery, perSecond: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors }
+    const cpu = cpuPerCommand(cpuBefore, latencies.length)
+    return { delivery, perSecond: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors, cpu }
   }
 
   const warmup = Number(values.warmup)
@@ -126,8 +145,9 @@ try {
     seconds = measured
   }
 
-  const skippedOpen = (delivery: "durable" | "volatile", offered: number) => ({ delivery, offered, achieved: NaN, p50: NaN, p99: NaN, errors: 0 })
-  const skippedSat = (delivery: "durable" | "volatile") => ({ delivery, perSecond: NaN, p50: NaN, p99: NaN, errors: 0 })
+  const noCpu = { nodes: NaN, services: NaN, generator: NaN }
+  const skippedOpen = (delivery: "durable" | "volatile", offered: number) => ({ delivery, offered, achieved: NaN, p50: NaN, p99: NaN, errors: 0, cpu: noCpu })
+  const skippedSat = (delivery: "durable" | "volatile") => ({ delivery, perSecond: NaN, p50: NaN, p99: NaN, errors: 0, cpu: noCpu })
   const durable = phases.has("durable") ? await openLoop("durable") : skippedOpen("durable", rate)
   const volatile = phases.has("volatile") ? await openLoop("volatile") : skippedOpen("volatile", rate)
   const satDurable = phases.has("durable") ? await saturation("durable") : skippedSat("durable")
@@ -138,14 +158,14 @@ try {
 
   printTable(
     `bench:runtime — 3 nodes, ${shards} shards, ${counters.length} actors (Get: runtime round trip; Increment: persisted in PostgreSQL)`,
-    ["phase", "delivery", "offered/s", "achieved/s", "p50 ms", "p99 ms", "errors"],
+    ["phase", "delivery", "offered/s", "achieved/s", "p50 ms", "p99 ms", "errors", "nodes µs/cmd", "NATS+PG µs/cmd", "generator µs/cmd"],
     [
-      ["fixed rate", "durable", durable.offered, durable.achieved, durable.p50, durable.p99, durable.errors],
-      ["fixed rate", "volatile", volatile.offered, volatile.achieved, volatile.p50, volatile.p99, volatile.errors],
-      [`saturation (${concurrency} senders)`, "durable", "-", satDurable.perSecond, satDurable.p50, satDurable.p99, satDurable.errors],
-      [`saturation (${concurrency} senders)`, "volatile", "-", satVolatile.perSecond, satVolatile.p50, satVolatile.p99, satVolatile.errors],
-      ["persisted, fixed rate", "volatile", persisted.offered, persisted.achieved, persisted.p50, persisted.p99, persisted.errors],
-      [`persisted, saturation`, "volatile", "-", satPersisted.perSecond, satPersisted.p50, satPersisted.p99, satPersisted.errors]
+      ["fixed rate", "durable", durable.offered, durable.achieved, durable.p50, durable.p99, durable.errors, ...cpuCells(durable.cpu)],
+      ["fixed rate", "volatile", volatile.offered, volatile.achieved, volatile.p50, volatile.p99, volatile.errors, ...cpuCells(volatile.cpu)],
+      [`saturation (${concurrency} senders)`, "durable", "-", satDurable.perSecond, satDurable.p50, satDurable.p99, satDurable.errors, ...cpuCells(satDurable.cpu)],
+      [`saturation (${concurrency} senders)`, "volatile", "-", satVolatile.perSecond, satVolatile.p50, satVolatile.p99, satVolatile.errors, ...cpuCells(satVolatile.cpu)],
+      ["persisted, fixed rate", "volatile", persisted.offered, persisted.achieved, persisted.p50, persisted.p99, persisted.errors, ...cpuCells(persisted.cpu)],
+      [`persisted, saturation`, "volatile", "-", satPersisted.perSecond, satPersisted.p50, satPersisted.p99, satPersisted.errors, ...cpuCells(satPersisted.cpu)]
     ]
   )
   console.log(JSON.stringify({
@@ -161,6 +181,9 @@ try {
     volatile_p50_ms: round(volatile.p50),
     volatile_p99_ms: round(volatile.p99),
     volatile_max_per_s: round(satVolatile.perSecond),
+    node_cpu_us_per_cmd: round(durable.cpu.nodes),
+    volatile_node_cpu_us_per_cmd: round(volatile.cpu.nodes),
+    volatile_generator_cpu_us_per_cmd: round(volatile.cpu.generator),
     persisted_offered_per_s: persistedRate,
     persisted_p50_ms: round(persisted.p50),
     persisted_p99_ms: round(persisted.p99),
@@ -170,6 +193,10 @@ try {
 } finally {
   await client.close()
   await cluster.stopAll()
+}
+
+function cpuCells(cpu: { readonly nodes: number; readonly services: number; readonly generator: number }) {
+  return [Math.round(cpu.nodes), Math.round(cpu.services), Math.round(cpu.generator)]
 }
 
 function round(n: number) {
