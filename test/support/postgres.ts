@@ -165,7 +165,9 @@ export async function startPostgresServer(opts: PostgresServerOptions = {}): Pro
       c.stderr?.on("data", onData)
       c.once("exit", () => {
         clearTimeout(timer)
-        resolve(/could not bind|already in use|could not create any TCP\/IP sockets/i.test(log.slice(started)) ? "in-use" : "failed")
+        // After a SIGKILL the old server's backends may still be exiting, holding its
+        // shared memory for a moment: that, like a busy port, passes if we wait.
+        resolve(/could not bind|already in use|could not create any TCP\/IP sockets|shared memory block .* is still in use/i.test(log.slice(started)) ? "in-use" : "failed")
       })
     })
     if (outcome === "ready") return "ready"
@@ -179,7 +181,7 @@ export async function startPostgresServer(opts: PostgresServerOptions = {}): Pro
     for (let attempt = 0; ; attempt++) {
       const r = await spawnOnce()
       if (r === "ready") return
-      if (attempt >= 20) throw new Error(`postgres: port ${port} stayed in use`)
+      if (attempt >= 20) throw new Error(`postgres: port ${port} (or the previous server's shared memory) stayed in use`)
       if (fixedPort) await sleep(250)
       else port = await freePort()
     }
