@@ -56,17 +56,25 @@ try {
   const counters = counterPerShard(shards, "bench")
   // CPU per command, by side: what the load generator spends is not the cluster's, but
   // on two shared cores it is taken from the cluster all the same.
+  // Service pids are listed at each reading: PostgreSQL starts a backend per new pool
+  // connection, and one started during a phase counts from its start. One that exits
+  // during a phase takes its figures with it (an undercount, not a wrong sign).
   const nodePids = cluster.nodes.map((n) => n.pid!).filter(Boolean)
-  const servicePids = [...pidsOf("nats-server"), ...pidsOf("postgres")]
-  const cpuNow = () => ({
-    nodes: nodePids.reduce((sum, pid) => sum + cpuSecondsOf(pid), 0),
-    services: servicePids.reduce((sum, pid) => sum + cpuSecondsOf(pid), 0),
-    generator: (process.cpuUsage().user + process.cpuUsage().system) / 1e6
-  })
-  const cpuPerCommand = (before: ReturnType<typeof cpuNow>, commands: number) => {
+  type Cpu = { readonly nodes: number; readonly services: ReadonlyMap<number, number>; readonly generator: number }
+  const cpuNow = (): Cpu => {
+    const usage = process.cpuUsage()
+    return {
+      nodes: nodePids.reduce((sum, pid) => sum + cpuSecondsOf(pid), 0),
+      services: new Map([...pidsOf("nats-server"), ...pidsOf("postgres")].map((pid) => [pid, cpuSecondsOf(pid)])),
+      generator: (usage.user + usage.system) / 1e6
+    }
+  }
+  const cpuPerCommand = (before: Cpu, commands: number) => {
     const after = cpuNow()
     const us = (s: number) => commands > 0 ? (s * 1e6) / commands : NaN
-    return { nodes: us(after.nodes - before.nodes), services: us(after.services - before.services), generator: us(after.generator - before.generator) }
+    let services = 0
+    for (const [pid, seconds] of after.services) services += seconds - (before.services.get(pid) ?? 0)
+    return { nodes: us(after.nodes - before.nodes), services: us(services), generator: us(after.generator - before.generator) }
   }
   type Kind = "get" | "increment"
   // The generator's own pauses count in every latency it measures: it builds each
