@@ -6,6 +6,7 @@ import { NodeRuntime } from "@effect/platform-node"
 import { Config, Effect, Layer, Logger, LogLevel } from "effect"
 import { layerFromEnv } from "./config/ChorusConfig.ts"
 import { NodeLive } from "./Node.ts"
+import * as SharedScheduler from "./runtime/SharedScheduler.ts"
 
 const LogLevelFromEnv = Layer.unwrapEffect(
   Config.logLevel("CHORUS_LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info), Effect.map(Logger.minimumLogLevel))
@@ -13,6 +14,9 @@ const LogLevelFromEnv = Layer.unwrapEffect(
 
 const MainLive = NodeLive.pipe(Layer.provide(layerFromEnv), Layer.provide(Logger.json), Layer.provide(LogLevelFromEnv))
 
-NodeRuntime.runMain(Layer.launch(MainLive).pipe(Effect.annotateLogs("node", process.env["NODE_ID"] ?? "node")), {
-  disablePrettyLogger: true
-})
+NodeRuntime.runMain(
+  Layer.launch(MainLive).pipe(Effect.withScheduler(SharedScheduler.scheduler), Effect.annotateLogs("node", process.env["NODE_ID"] ?? "node")),
+  {
+    disablePrettyLogger: true
+  }
+)

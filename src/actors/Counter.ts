@@ -9,7 +9,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { Effect, Exit, Schema } from "effect"
+import type { NonEmptyReadonlyArray } from "effect/Array"
 import * as Behaviour from "../runtime/Behaviour.ts"
+import type { ActorContext, Incoming } from "../runtime/Behaviour.ts"
 import * as GroupCommit from "../runtime/GroupCommit.ts"
 import * as Entity from "../runtime/Entity.ts"
 
@@ -65,73 +67,72 @@ export const behaviour = Behaviour.make({
         SELECT value FROM probe_counters WHERE cluster = ${ctx.cluster} AND counter_id = ${ctx.address.id}`
       return { value: rows[0]?.value ?? 0, activatedAt: Date.now(), recent: new Map() } satisfies State
     }),
-  receive: (ctx, state, batch) =>
-    Effect.gen(function*() {
-      const increments = batch.filter((i) => i._tag === "Increment")
-      const about = { node: ctx.nodeId, shard: ctx.shard, epoch: ctx.epoch }
-      let value = state.value
-      if (increments.length > 0) {
-        const cluster = ctx.cluster
-        const sql = yield* SqlClient.SqlClient
-        // A redelivered or retried command id is answered from its stored row.
-        const seen = new Map<string, number>()
-        for (const i of increments) {
-          const v = state.recent.get(i.commandId)
-          if (v !== undefined) seen.set(i.commandId, v)
+  receive: Effect.fnUntraced(function*(ctx: ActorContext, state: State, batch: NonEmptyReadonlyArray<Incoming<Increment | Get>>) {
+    const increments = batch.filter((i) => i._tag === "Increment")
+    const about = { node: ctx.nodeId, shard: ctx.shard, epoch: ctx.epoch }
+    let value = state.value
+    if (increments.length > 0) {
+      const cluster = ctx.cluster
+      const sql = yield* SqlClient.SqlClient
+      // A redelivered or retried command id is answered from its stored row.
+      const seen = new Map<string, number>()
+      for (const i of increments) {
+        const v = state.recent.get(i.commandId)
+        if (v !== undefined) seen.set(i.commandId, v)
+      }
+      const unsure = increments.filter((i) => !seen.has(i.commandId) && mayBeApplied(state, i.sentAt)).map((i) => i.commandId)
+      if (unsure.length > 0) {
+        const applied = yield* sql<{ command_id: string; value: number }>`
+          SELECT command_id, value FROM probe_counter_commands
+          WHERE cluster = ${cluster} AND command_id IN ${sql.in(unsure)}`
+        for (const r of applied) seen.set(r.command_id, r.value)
+      }
+      const rows: Array<Record<string, string | number>> = []
+      const replies = new Map<string, { value: number; fresh: boolean }>()
+      for (const incoming of increments) {
+        const prior = seen.get(incoming.commandId)
+        if (prior !== undefined) {
+          replies.set(incoming.commandId, { value: prior, fresh: false })
+          continue
         }
-        const unsure = increments.filter((i) => !seen.has(i.commandId) && mayBeApplied(state, i.sentAt)).map((i) => i.commandId)
-        if (unsure.length > 0) {
-          const applied = yield* sql<{ command_id: string; value: number }>`
-            SELECT command_id, value FROM probe_counter_commands
-            WHERE cluster = ${cluster} AND command_id IN ${sql.in(unsure)}`
-          for (const r of applied) seen.set(r.command_id, r.value)
-        }
-        const rows: Array<Record<string, string | number>> = []
-        const replies = new Map<string, { value: number; fresh: boolean }>()
-        for (const incoming of increments) {
-          const prior = seen.get(incoming.commandId)
-          if (prior !== undefined) {
-            replies.set(incoming.commandId, { value: prior, fresh: false })
-            continue
-          }
-          value += incoming.message.amount
-          seen.set(incoming.commandId, value)
-          replies.set(incoming.commandId, { value, fresh: true })
-          rows.push({
-            cluster,
-            command_id: incoming.commandId,
-            counter_id: ctx.address.id,
-            amount: incoming.message.amount,
-            value,
-            node_id: ctx.nodeId,
-            shard: ctx.shard,
-            epoch: ctx.epoch
+        value += incoming.message.amount
+        seen.set(incoming.commandId, value)
+        replies.set(incoming.commandId, { value, fresh: true })
+        rows.push({
+          cluster,
+          command_id: incoming.commandId,
+          counter_id: ctx.address.id,
+          amount: incoming.message.amount,
+          value,
+          node_id: ctx.nodeId,
+          shard: ctx.shard,
+          epoch: ctx.epoch
+        })
+      }
+      if (rows.length > 0) {
+        yield* ctx.commit([
+          GroupCommit.insert("probe_counter_commands", rows),
+          GroupCommit.insert("probe_counters", [{ cluster, counter_id: ctx.address.id, value }], {
+            target: ["cluster", "counter_id"],
+            update: ["value"]
           })
-        }
-        if (rows.length > 0) {
-          yield* ctx.commit([
-            GroupCommit.insert("probe_counter_commands", rows),
-            GroupCommit.insert("probe_counters", [{ cluster, counter_id: ctx.address.id, value }], {
-              target: ["cluster", "counter_id"],
-              update: ["value"]
-            })
-          ])
-        }
-        for (const [id, r] of replies) {
-          if (r.fresh) state.recent.set(id, r.value)
-        }
-        for (const id of state.recent.keys()) {
-          if (state.recent.size <= recentLimit) break
-          state.recent.delete(id)
-        }
-        for (const incoming of increments) {
-          const r = replies.get(incoming.commandId) ?? { value, fresh: false }
-          incoming.complete(Exit.succeed({ ...r, ...about }))
-        }
+        ])
       }
-      for (const incoming of batch) {
-        if (incoming._tag === "Get") incoming.complete(Exit.succeed({ value, ...about }))
+      for (const [id, r] of replies) {
+        if (r.fresh) state.recent.set(id, r.value)
       }
-      return { ...state, value } satisfies State
-    })
+      for (const id of state.recent.keys()) {
+        if (state.recent.size <= recentLimit) break
+        state.recent.delete(id)
+      }
+      for (const incoming of increments) {
+        const r = replies.get(incoming.commandId) ?? { value, fresh: false }
+        incoming.complete(Exit.succeed({ ...r, ...about }))
+      }
+    }
+    for (const incoming of batch) {
+      if (incoming._tag === "Get") incoming.complete(Exit.succeed({ value, ...about }))
+    }
+    return { ...state, value } satisfies State
+  })
 })

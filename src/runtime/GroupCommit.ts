@@ -250,34 +250,35 @@ const oneTripText = (batch: ReadonlyArray<Submission>): string | undefined => {
  * Runs submissions in one transaction; returns, per submission, whether it was
  * committed (undefined) or left out as fenced.
  */
+// Declared once (not an `Effect.gen(function*…)` per call): see decision 0021.
+const fencedWrites = Effect.fnUntraced(function*(sql: SqlClient.SqlClient, batch: ReadonlyArray<Submission>) {
+  const fenced = new Map<Submission, FencedOut>()
+  const byCluster = new Map<string, Set<number>>()
+  for (const s of batch) byCluster.set(s.cluster, (byCluster.get(s.cluster) ?? new Set()).add(s.shard))
+  const epochs = new Map<string, number>()
+  for (const [cluster, shards] of byCluster) {
+    const sorted = [...shards].sort((a, b) => a - b)
+    const rows = yield* sql<{ shard: number; epoch: number }>`
+      SELECT shard, epoch FROM runtime_shard_fences
+      WHERE cluster = ${cluster} AND shard IN ${sql.in(sorted)}
+      ORDER BY shard FOR SHARE`
+    for (const r of rows) epochs.set(`${cluster}/${r.shard}`, r.epoch)
+  }
+  const writes: Array<Write> = []
+  for (const s of batch) {
+    const current = epochs.get(`${s.cluster}/${s.shard}`)
+    if (current !== s.epoch) {
+      fenced.set(s, new FencedOut({ shard: s.shard, epoch: s.epoch, reason: `fence is at epoch ${current ?? "none"}` }))
+    } else {
+      writes.push(...s.writes)
+    }
+  }
+  for (const group of mergeWrites(writes)) yield* runGroup(sql, group)
+  return fenced
+})
+
 const commitTogether = (sql: SqlClient.SqlClient, batch: ReadonlyArray<Submission>) =>
-  sql.withTransaction(
-    Effect.gen(function*() {
-      const fenced = new Map<Submission, FencedOut>()
-      const byCluster = new Map<string, Set<number>>()
-      for (const s of batch) byCluster.set(s.cluster, (byCluster.get(s.cluster) ?? new Set()).add(s.shard))
-      const epochs = new Map<string, number>()
-      for (const [cluster, shards] of byCluster) {
-        const sorted = [...shards].sort((a, b) => a - b)
-        const rows = yield* sql<{ shard: number; epoch: number }>`
-          SELECT shard, epoch FROM runtime_shard_fences
-          WHERE cluster = ${cluster} AND shard IN ${sql.in(sorted)}
-          ORDER BY shard FOR SHARE`
-        for (const r of rows) epochs.set(`${cluster}/${r.shard}`, r.epoch)
-      }
-      const writes: Array<Write> = []
-      for (const s of batch) {
-        const current = epochs.get(`${s.cluster}/${s.shard}`)
-        if (current !== s.epoch) {
-          fenced.set(s, new FencedOut({ shard: s.shard, epoch: s.epoch, reason: `fence is at epoch ${current ?? "none"}` }))
-        } else {
-          writes.push(...s.writes)
-        }
-      }
-      for (const group of mergeWrites(writes)) yield* runGroup(sql, group)
-      return fenced
-    })
-  )
+  sql.withTransaction(fencedWrites(sql, batch))
 
 export interface GroupCommitOptions {
   /** Most submissions merged into one transaction. */
@@ -338,12 +339,10 @@ export const make = (options: GroupCommitOptions) =>
 
     return {
       commit: (cluster, shard, epoch, writes) =>
-        Effect.gen(function*() {
-          if (writes.every((w) => w.rows.length === 0)) return
-          const done = yield* Deferred.make<void, SqlError | FencedOut>()
-          yield* Queue.offer(queue, { cluster, shard, epoch, writes, done })
-          return yield* Deferred.await(done)
-        })
+        writes.every((w) => w.rows.length === 0)
+          ? Effect.void
+          : Effect.flatMap(Deferred.make<void, SqlError | FencedOut>(), (done) =>
+            Effect.zipRight(Queue.offer(queue, { cluster, shard, epoch, writes, done }), Deferred.await(done)))
     } satisfies GroupCommitShape
   })
 

@@ -143,70 +143,130 @@ export const make = (metrics?: RuntimeMetricsShape) =>
         : Effect.fail(new MalformedMessage({ address, reason: "undecodable runtime error" }))
     }
 
-    const encode = <Req extends Schema.TaggedRequest.All>(entity: Entity<Req>, address: ActorAddress, message: Req) =>
-      Either.mapLeft(entity.encode(message), (reason) => new MalformedMessage({ address: String(address), reason }))
+    const encode = <Req extends Schema.TaggedRequest.All>(entity: Entity<Req>, address: ActorAddress, message: Req) => {
+      const encoded = entity.encode(message)
+      return Either.isRight(encoded) ? Either.right(encoded.right) : Either.left(new MalformedMessage({ address: String(address), reason: encoded.left }))
+    }
 
-    const sendVolatile = <Req extends Schema.TaggedRequest.All>(
+    const sendVolatile: <Req extends Schema.TaggedRequest.All>(
+      entity: Entity<Req>,
+      address: ActorAddress,
+      message: Req,
+      commandId: string,
+      firstSentAt?: number
+    ) => Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError> = Effect.fnUntraced(function*<Req extends Schema.TaggedRequest.All>(
       entity: Entity<Req>,
       address: ActorAddress,
       message: Req,
       commandId: string,
       firstSentAt: number = Date.now()
-    ): Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError> =>
-      Effect.gen(function*() {
-        const msg = yield* encode(entity, address, message)
-        const shard = addressShard(address)
-        const subject = nats.names.requestSubject(shard)
-        const started = performance.now()
-        // One logical command, one send time: retries keep the first attempt's, which
-        // owners use to tell commands a previous owner may have applied.
-        const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, t: firstSentAt })
-        for (let attempt = 0;; attempt++) {
-          const answer = yield* (requestLocally(shard, data) ?? request(subject, data))
-          if (answer._tag === "Reply") {
-            const reply = Envelope.decodeReply(answer.data)
-            if (Either.isLeft(reply)) return yield* new MalformedMessage({ address: String(address), reason: reply.left })
-            const result = yield* decodeAnswer(String(address), message, reply.right)
-            if (Option.isSome(result)) {
-              metrics?.sendSeconds.observe({ delivery: "volatile" }, (performance.now() - started) / 1000)
-              return result.value
-            }
-          } else if (answer._tag === "Failed" && !isRetryable(answer.error)) {
-            return yield* Effect.die(answer.error)
+    ) {
+      const msg = yield* encode(entity, address, message)
+      const shard = addressShard(address)
+      const subject = nats.names.requestSubject(shard)
+      const started = performance.now()
+      // One logical command, one send time: retries keep the first attempt's, which
+      // owners use to tell commands a previous owner may have applied.
+      const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, t: firstSentAt })
+      for (let attempt = 0;; attempt++) {
+        const answer = yield* (requestLocally(shard, data) ?? request(subject, data))
+        if (answer._tag === "Reply") {
+          const reply = Envelope.decodeReply(answer.data)
+          if (Either.isLeft(reply)) return yield* new MalformedMessage({ address: String(address), reason: reply.left })
+          const result = yield* decodeAnswer(String(address), message, reply.right)
+          if (Option.isSome(result)) {
+            metrics?.sendSeconds.observe({ delivery: "volatile" }, (performance.now() - started) / 1000)
+            return result.value
           }
-          const waited = performance.now() - started
-          if (waited > deadlineMs) {
-            return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(waited) })
-          }
-          yield* sleepJittered(attempt)
+        } else if (answer._tag === "Failed" && !isRetryable(answer.error)) {
+          return yield* Effect.die(answer.error)
         }
-      })
+        const waited = performance.now() - started
+        if (waited > deadlineMs) {
+          return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(waited) })
+        }
+        yield* sleepJittered(attempt)
+      }
+    })
 
-    const publishDurable = (
+    const publishDurable = Effect.fnUntraced(function*(
       address: ActorAddress,
       data: Uint8Array,
       commandId: string,
       started: number
-    ): Effect.Effect<{ readonly duplicate: boolean }, DeliveryTimeout> =>
-      Effect.gen(function*() {
-        const subject = nats.names.commandSubject(addressShard(address))
-        // JetStream's publish protocol on this client's inbox (as `js.publish` does, minus
-        // its per-call Error): the stream answers with a PubAck, or an error, or nothing.
-        const headers = natsHeaders()
-        headers.set("Nats-Msg-Id", commandId)
-        for (let attempt = 0;; attempt++) {
-          const answer = yield* request(subject, data, headers)
-          const ack = answer._tag === "Reply" ? pubAckOf(answer.data) : { error: answer._tag === "Failed" ? String(answer.error) : answer._tag }
-          if ("duplicate" in ack) return ack
-          const waited = performance.now() - started
-          if (waited > deadlineMs) return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(waited) })
-          yield* Effect.logDebug("command publish failed; retrying", { address: String(address), error: ack.error })
-          yield* sleepJittered(attempt)
-        }
-      })
+    ) {
+      const subject = nats.names.commandSubject(addressShard(address))
+      // JetStream's publish protocol on this client's inbox (as `js.publish` does, minus
+      // its per-call Error): the stream answers with a PubAck, or an error, or nothing.
+      const headers = natsHeaders()
+      headers.set("Nats-Msg-Id", commandId)
+      for (let attempt = 0;; attempt++) {
+        const answer = yield* request(subject, data, headers)
+        const ack = answer._tag === "Reply" ? pubAckOf(answer.data) : { error: answer._tag === "Failed" ? String(answer.error) : answer._tag }
+        if ("duplicate" in ack) return ack
+        const waited = performance.now() - started
+        if (waited > deadlineMs) return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(waited) })
+        yield* Effect.logDebug("command publish failed; retrying", { address: String(address), error: ack.error })
+        yield* sleepJittered(attempt)
+      }
+    })
 
     const isRetryAnswer = (reply: Envelope.ReplyEnvelope) =>
       "error" in reply && typeof reply.error === "object" && reply.error !== null && "_tag" in reply.error && reply.error._tag === "Retry"
+
+    /** Publishes a durable command and waits for its reply on `token` (registered by the caller). */
+    const publishAndAwait: <Req extends Schema.TaggedRequest.All>(
+      entity: Entity<Req>,
+      address: ActorAddress,
+      message: Req,
+      commandId: string,
+      msg: unknown,
+      token: string,
+      started: number,
+      answer: AnswerSlot<Envelope.ReplyEnvelope>
+    ) => Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError> = Effect.fnUntraced(function*<Req extends Schema.TaggedRequest.All>(
+      entity: Entity<Req>,
+      address: ActorAddress,
+      message: Req,
+      commandId: string,
+      msg: unknown,
+      token: string,
+      started: number,
+      answer: AnswerSlot<Envelope.ReplyEnvelope>
+    ) {
+      const sentAt = Date.now()
+      const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, reply: `${inbox}.${token}`, t: sentAt })
+      const { duplicate } = yield* publishDurable(address, data, commandId, started)
+      if (duplicate) {
+      // A retry of a command the stream already has: its reply goes to the first
+      // sender. Ask the owner directly; the handler is idempotent on the id, so
+      // this answers with the command's outcome without applying it twice.
+      return yield* sendVolatile(entity, address, message, commandId, sentAt)
+      }
+      // The reply may be lost (sent while this client was disconnected). After
+      // each requestTimeout without one, publish again: the stream reports the
+      // duplicate, and the owner is asked directly (idempotently) for the outcome.
+      // Re-asks back off (requestTimeout, then twice that, …): under overload a
+      // fixed interval would multiply the load that caused the delay.
+      let reply: Envelope.ReplyEnvelope | undefined
+      let wait = timeoutMs
+      while (reply === undefined) {
+      const remaining = deadlineMs - (performance.now() - started)
+      if (remaining <= 0) {
+        return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(performance.now() - started) })
+      }
+      reply = yield* answer.take(Math.min(remaining, wait))
+      wait *= 2
+      if (reply === undefined && deadlineMs - (performance.now() - started) > 0) {
+        const again = yield* publishDurable(address, data, commandId, started)
+        if (again.duplicate) return yield* sendVolatile(entity, address, message, commandId, sentAt)
+      }
+      }
+      const result = yield* decodeAnswer(String(address), message, reply)
+      if (Option.isNone(result)) return yield* Effect.die(new Error("unreachable: retry answer for a durable command"))
+      metrics?.sendSeconds.observe({ delivery: "durable" }, (performance.now() - started) / 1000)
+      return result.value
+    })
 
     const sendDurable = <Req extends Schema.TaggedRequest.All>(
       entity: Entity<Req>,
@@ -214,52 +274,23 @@ export const make = (metrics?: RuntimeMetricsShape) =>
       message: Req,
       commandId: string
     ): Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError> =>
-      Effect.gen(function*() {
-        const msg = yield* encode(entity, address, message)
+      // Suspended: each run registers its own reply token (a retried effect must too).
+      Effect.suspend(() => {
+        const msg = encode(entity, address, message)
+        if (Either.isLeft(msg)) return Effect.fail(msg.left)
         const token = String(nextToken++)
         const started = performance.now()
         // The reply may come before anyone waits for it (right after the publish ack).
         const answer = answerSlot<Envelope.ReplyEnvelope>()
-        pending.set(token, (msg) => {
-          const decoded = Envelope.decodeReply(msg.data)
+        pending.set(token, (reply) => {
+          const decoded = Envelope.decodeReply(reply.data)
           if (Either.isLeft(decoded)) return
           // "Retry" answers concern volatile senders; a durable command stays queued.
           if (!isRetryAnswer(decoded.right)) answer.put(decoded.right)
         })
-        return yield* Effect.gen(function*() {
-          const sentAt = Date.now()
-          const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, reply: `${inbox}.${token}`, t: sentAt })
-          const { duplicate } = yield* publishDurable(address, data, commandId, started)
-          if (duplicate) {
-            // A retry of a command the stream already has: its reply goes to the first
-            // sender. Ask the owner directly; the handler is idempotent on the id, so
-            // this answers with the command's outcome without applying it twice.
-            return yield* sendVolatile(entity, address, message, commandId, sentAt)
-          }
-          // The reply may be lost (sent while this client was disconnected). After
-          // each requestTimeout without one, publish again: the stream reports the
-          // duplicate, and the owner is asked directly (idempotently) for the outcome.
-          // Re-asks back off (requestTimeout, then twice that, …): under overload a
-          // fixed interval would multiply the load that caused the delay.
-          let reply: Envelope.ReplyEnvelope | undefined
-          let wait = timeoutMs
-          while (reply === undefined) {
-            const remaining = deadlineMs - (performance.now() - started)
-            if (remaining <= 0) {
-              return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(performance.now() - started) })
-            }
-            reply = yield* answer.take(Math.min(remaining, wait))
-            wait *= 2
-            if (reply === undefined && deadlineMs - (performance.now() - started) > 0) {
-              const again = yield* publishDurable(address, data, commandId, started)
-              if (again.duplicate) return yield* sendVolatile(entity, address, message, commandId, sentAt)
-            }
-          }
-          const result = yield* decodeAnswer(String(address), message, reply)
-          if (Option.isNone(result)) return yield* Effect.die(new Error("unreachable: retry answer for a durable command"))
-          metrics?.sendSeconds.observe({ delivery: "durable" }, (performance.now() - started) / 1000)
-          return result.value
-        }).pipe(Effect.ensuring(Effect.sync(() => pending.delete(token))))
+        return publishAndAwait(entity, address, message, commandId, msg.right, token, started, answer).pipe(
+          Effect.ensuring(Effect.sync(() => pending.delete(token)))
+        )
       })
 
     const send: ShardingClientShape["send"] = (entity, id, message, options) => {
@@ -272,12 +303,13 @@ export const make = (metrics?: RuntimeMetricsShape) =>
     }
 
     const tell: ShardingClientShape["tell"] = (entity, id, message, options) =>
-      Effect.gen(function*() {
+      Effect.suspend((): Effect.Effect<void, DeliveryError> => {
         const address = new ActorAddress({ type: entity.type, id })
         const commandId = options?.commandId ?? randomUUID()
-        const msg = yield* encode(entity, address, message)
-        const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, t: Date.now() })
-        yield* publishDurable(address, data, commandId, performance.now())
+        const msg = encode(entity, address, message)
+        if (Either.isLeft(msg)) return Effect.fail(msg.left)
+        const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg: msg.right, t: Date.now() })
+        return Effect.asVoid(publishDurable(address, data, commandId, performance.now()))
       })
 
     return { send, tell, shardOf: addressShard } satisfies ShardingClientShape
@@ -288,7 +320,12 @@ export const make = (metrics?: RuntimeMetricsShape) =>
  * waits (at most `ms`; undefined after). A plain callback and timer, not a Deferred
  * raced against a timeout: it is on every send's path.
  */
-const answerSlot = <A>() => {
+interface AnswerSlot<A> {
+  readonly put: (answer: A) => void
+  readonly take: (ms: number) => Effect.Effect<A | undefined>
+}
+
+const answerSlot = <A>(): AnswerSlot<A> => {
   let early: A | undefined
   let waiter: ((answer: A) => void) | undefined
   return {

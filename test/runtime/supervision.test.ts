@@ -6,7 +6,7 @@
  * answered with an error and takes nothing down; a full mailbox refuses volatile
  * messages at once and holds durable ones back without losing any.
  */
-import { Duration, Effect, Exit, Layer, Logger, LogLevel, ManagedRuntime, Redacted, Schema } from "effect"
+import { Duration, Effect, Exit, HashMap, Layer, Logger, LogLevel, ManagedRuntime, Redacted, Schema } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as ChorusConfig from "../../src/config/ChorusConfig.ts"
 import * as Behaviour from "../../src/runtime/Behaviour.ts"
@@ -81,6 +81,12 @@ const faulty = Behaviour.sequential({
   }
 })
 
+/** What the node logged (warnings and up), with each line's annotations. */
+const logged: Array<{ readonly message: string; readonly annotations: Readonly<Record<string, unknown>> }> = []
+const capturingLogger = Logger.make(({ annotations, message }) => {
+  logged.push({ message: [message].flat().map(String).join(" "), annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+})
+
 type SoloRuntime = ManagedRuntime.ManagedRuntime<ShardingClient | Nats.Nats | RuntimeMetrics.RuntimeMetrics | Sharding.Sharding, unknown>
 
 /** One in-process node with its own database and NATS namespace, serving `faulty`. */
@@ -114,8 +120,9 @@ const startSolo = async (bounds: { readonly mailboxCapacity: number; readonly ma
     Layer.provideMerge(node),
     Layer.provideMerge(infra),
     Layer.provideMerge(config),
-    // The deliberate defects log errors by design; keep the test output readable.
-    Layer.provide(Logger.minimumLogLevel(LogLevel.None))
+    // The deliberate defects log errors by design: kept for assertions, not printed.
+    Layer.provide(Logger.replace(Logger.defaultLogger, capturingLogger)),
+    Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
   )
   const runtime: SoloRuntime = ManagedRuntime.make(layer)
   await runtime.runPromise(Sharding.waitUntilServing(8, "20 seconds"))
@@ -151,6 +158,10 @@ describe("supervision", () => {
     expect(activations.get("a")).toBe(3)
     const metrics = await runtime.runPromise(RuntimeMetrics.render)
     expect(metrics).toMatch(/chorus_actor_restarts_total\{type="faulty",node="solo"\} 2/)
+    // What the runtime logs about an actor says which actor.
+    const restarts = logged.filter((l) => l.message.includes("actor restarting"))
+    expect(restarts.length).toBe(2)
+    for (const line of restarts) expect(line.annotations["actor"]).toBe("faulty/a")
   })
 
   it("past the restart limit, dead-letters the message, answers ActorFailed, and keeps serving", async () => {

@@ -7,6 +7,7 @@ import * as ChorusConfig from "../../src/config/ChorusConfig.ts"
 import { ShardingClient } from "../../src/runtime/ShardingClient.ts"
 import * as ShardingClientModule from "../../src/runtime/ShardingClient.ts"
 import * as Nats from "../../src/transport/Nats.ts"
+import * as SharedScheduler from "../../src/runtime/SharedScheduler.ts"
 import { shardOf } from "../../src/runtime/Ring.ts"
 import { postApi } from "./http.ts"
 import { sleep } from "./processes.ts"
@@ -33,7 +34,8 @@ export const runtimeClient = async (options: {
   })
   const layer = ShardingClientModule.layer().pipe(
     Layer.provideMerge(Nats.layer({ servers: options.natsUrl, cluster: options.cluster, name: "test-client", provision: false })),
-    Layer.provideMerge(overrides)
+    Layer.provideMerge(overrides),
+    Layer.provideMerge(SharedScheduler.layer)
   )
   const runtime = ManagedRuntime.make(layer)
   await runtime.runPromise(Effect.void)
