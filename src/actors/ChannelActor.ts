@@ -814,53 +814,50 @@ const referencedTs = (incoming: ChannelIncoming): string | undefined => {
   }
 }
 
-export const init = (ctx: ActorContext) =>
-  Effect.gen(function*() {
-    const store = yield* Channels
-    const id = ctx.address.id
-    const activatedAt = Date.now()
-    const state: State = { id, channel: undefined, members: new Set(), clock: 0, cache: new Map(), window: new Map(), activatedAt }
-    const row = yield* store.channel(id)
-    if (Option.isNone(row)) return state
-    const channel = row.value
-    state.channel = channel
-    for (const user of yield* store.members(id)) state.members.add(user)
-    const lastEventTs = channel.last_seq > 0 ? yield* store.eventTs(id, channel.last_seq) : undefined
-    state.clock = Math.max(
-      channel.last_ts === null ? 0 : MessageTs.toMicros(channel.last_ts) ?? 0,
-      lastEventTs === undefined ? 0 : MessageTs.toMicros(lastEventTs) ?? 0
-    )
-    const recent = [...(yield* store.recentMessages(id, warmMessages))].reverse()
-    const reactions = yield* store.reactions(id, recent.map((m) => m.ts))
-    for (const entry of entriesOf(recent, reactions)) {
-      cacheEntry(state, entry)
-      if (entry.row.client_msg_id !== null) {
-        remember(state, clientMsgKey(entry.row.client_msg_id), { _tag: "post", ts: entry.row.ts, seq: entry.row.seq, user: entry.row.user_id }, activatedAt)
-      }
+export const init = Effect.fnUntraced(function*(ctx: ActorContext) {
+  const store = yield* Channels
+  const id = ctx.address.id
+  const activatedAt = Date.now()
+  const state: State = { id, channel: undefined, members: new Set(), clock: 0, cache: new Map(), window: new Map(), activatedAt }
+  const row = yield* store.channel(id)
+  if (Option.isNone(row)) return state
+  const channel = row.value
+  state.channel = channel
+  for (const user of yield* store.members(id)) state.members.add(user)
+  const lastEventTs = channel.last_seq > 0 ? yield* store.eventTs(id, channel.last_seq) : undefined
+  state.clock = Math.max(
+    channel.last_ts === null ? 0 : MessageTs.toMicros(channel.last_ts) ?? 0,
+    lastEventTs === undefined ? 0 : MessageTs.toMicros(lastEventTs) ?? 0
+  )
+  const recent = [...(yield* store.recentMessages(id, warmMessages))].reverse()
+  const reactions = yield* store.reactions(id, recent.map((m) => m.ts))
+  for (const entry of entriesOf(recent, reactions)) {
+    cacheEntry(state, entry)
+    if (entry.row.client_msg_id !== null) {
+      remember(state, clientMsgKey(entry.row.client_msg_id), { _tag: "post", ts: entry.row.ts, seq: entry.row.seq, user: entry.row.user_id }, activatedAt)
     }
-    return state
-  })
+  }
+  return state
+})
 
 /** Loads into the cache the messages `ts` (and their thread parents) that it lacks. */
-const preload = (state: State, wanted: Iterable<string>) =>
-  Effect.gen(function*() {
-    const store = yield* Channels
-    const load = (ts: ReadonlyArray<string>) =>
-      Effect.gen(function*() {
-        if (ts.length === 0) return
-        const rows = yield* store.messages(state.id, ts)
-        const reactions = yield* store.reactions(state.id, rows.map((r) => r.ts))
-        for (const entry of entriesOf(rows, reactions)) cacheEntry(state, entry)
-      })
-    const first = [...new Set(wanted)].filter((ts) => !state.cache.has(ts))
-    yield* load(first)
-    const parents = new Set<string>()
-    for (const ts of new Set(wanted)) {
-      const row = state.cache.get(ts)?.row
-      if (row !== undefined && row.thread_ts !== null && row.thread_ts !== row.ts && !state.cache.has(row.thread_ts)) parents.add(row.thread_ts)
-    }
-    yield* load([...parents])
+const preload = Effect.fnUntraced(function*(state: State, wanted: Iterable<string>) {
+  const store = yield* Channels
+  const load = Effect.fnUntraced(function*(ts: ReadonlyArray<string>) {
+    if (ts.length === 0) return
+    const rows = yield* store.messages(state.id, ts)
+    const reactions = yield* store.reactions(state.id, rows.map((r) => r.ts))
+    for (const entry of entriesOf(rows, reactions)) cacheEntry(state, entry)
   })
+  const first = [...new Set(wanted)].filter((ts) => !state.cache.has(ts))
+  yield* load(first)
+  const parents = new Set<string>()
+  for (const ts of new Set(wanted)) {
+    const row = state.cache.get(ts)?.row
+    if (row !== undefined && row.thread_ts !== null && row.thread_ts !== row.ts && !state.cache.has(row.thread_ts)) parents.add(row.thread_ts)
+  }
+  yield* load([...parents])
+})
 
 /**
  * Finds in PostgreSQL the answers of retried commands the window no longer holds.
@@ -870,37 +867,36 @@ const preload = (state: State, wanted: Iterable<string>) =>
  * only when `lookUpClientMsgIds`, which `receive` sets after a commit met one the
  * channel already holds (its unique index refused the row).
  */
-const recallFromStore = (state: State, batch: ReadonlyArray<ChannelIncoming>, lookUpClientMsgIds: boolean) =>
-  Effect.gen(function*() {
-    const store = yield* Channels
-    const clientMsgIds: Array<string> = []
-    const commandIds: Array<string> = []
-    for (const incoming of batch) {
-      const key = keyOf(incoming)
-      if (key === undefined || state.window.has(key)) continue
-      // A command id is only resent within one send, so a command first sent after
-      // this activation began was applied by it, if at all, and is in the window.
-      if (key.startsWith("m:")) {
-        if (lookUpClientMsgIds) clientMsgIds.push(key.slice(2))
-      } else if (incoming.sentAt < state.activatedAt + skewMarginMs) commandIds.push(key.slice(2))
+const recallFromStore = Effect.fnUntraced(function*(state: State, batch: ReadonlyArray<ChannelIncoming>, lookUpClientMsgIds: boolean) {
+  const store = yield* Channels
+  const clientMsgIds: Array<string> = []
+  const commandIds: Array<string> = []
+  for (const incoming of batch) {
+    const key = keyOf(incoming)
+    if (key === undefined || state.window.has(key)) continue
+    // A command id is only resent within one send, so a command first sent after
+    // this activation began was applied by it, if at all, and is in the window.
+    if (key.startsWith("m:")) {
+      if (lookUpClientMsgIds) clientMsgIds.push(key.slice(2))
+    } else if (incoming.sentAt < state.activatedAt + skewMarginMs) commandIds.push(key.slice(2))
+  }
+  // Before its creation, a channel has nothing stored.
+  if (state.channel === undefined) return
+  const now = Date.now()
+  if (clientMsgIds.length === 0 && commandIds.length === 0) return
+  for (const row of yield* store.messagesByClientMsgId(state.id, [...new Set(clientMsgIds)])) {
+    if (row.client_msg_id !== null) remember(state, clientMsgKey(row.client_msg_id), { _tag: "post", ts: row.ts, seq: row.seq, user: row.user_id }, now)
+  }
+  const posts = new Set(batch.filter((i) => i._tag === "PostMessage").map((i) => i.commandId))
+  for (const row of yield* store.commands(state.id, [...new Set(commandIds)])) {
+    const reply = row.reply as { readonly ts?: unknown; readonly seq?: unknown }
+    if (posts.has(row.command_id) && typeof reply.ts === "string" && typeof reply.seq === "number") {
+      remember(state, commandKey(row.command_id), { _tag: "post", ts: reply.ts, seq: reply.seq, user: null }, now)
+    } else {
+      remember(state, commandKey(row.command_id), { _tag: "reply", reply: row.reply }, now)
     }
-    // Before its creation, a channel has nothing stored.
-    if (state.channel === undefined) return
-    const now = Date.now()
-    if (clientMsgIds.length === 0 && commandIds.length === 0) return
-    for (const row of yield* store.messagesByClientMsgId(state.id, [...new Set(clientMsgIds)])) {
-      if (row.client_msg_id !== null) remember(state, clientMsgKey(row.client_msg_id), { _tag: "post", ts: row.ts, seq: row.seq, user: row.user_id }, now)
-    }
-    const posts = new Set(batch.filter((i) => i._tag === "PostMessage").map((i) => i.commandId))
-    for (const row of yield* store.commands(state.id, [...new Set(commandIds)])) {
-      const reply = row.reply as { readonly ts?: unknown; readonly seq?: unknown }
-      if (posts.has(row.command_id) && typeof reply.ts === "string" && typeof reply.seq === "number") {
-        remember(state, commandKey(row.command_id), { _tag: "post", ts: reply.ts, seq: reply.seq, user: null }, now)
-      } else {
-        remember(state, commandKey(row.command_id), { _tag: "reply", reply: row.reply }, now)
-      }
-    }
-  })
+  }
+})
 
 /** The answer to a command already applied. */
 const replay = (state: State, incoming: ChannelIncoming, remembered: Remembered): Exit.Exit<unknown, unknown> => {
@@ -982,59 +978,58 @@ type Commit = { readonly _tag: "committed"; readonly totals: ReadonlyArray<Threa
 class ClientMsgIdTaken extends Data.TaggedError("ClientMsgIdTaken")<{ readonly channel: string }> {}
 
 /** Writes a draft in one fenced transaction. A second writer makes the actor die. */
-const commit = (ctx: ActorContext, d: Draft) =>
-  Effect.gen(function*() {
-    const store = yield* Channels
-    const channel = d.row as ChannelRow
-    const reactionsIn: Array<ReactionRow> = []
-    const reactionsOut: Array<Omit<ReactionRow, "created_at">> = []
-    for (const [key, { before, row }] of d.reactionBase) {
-      const [ts, name, user] = key.split("\u0000") as [string, string, string]
-      const now = d.message(ts)?.reactions.get(name)?.includes(user) ?? false
-      if (now && !before) reactionsIn.push(row)
-      if (!now && before) reactionsOut.push({ message_ts: ts, name, user_id: user })
-    }
-    const upsertMembers: Array<{ user_id: string; joined_seq: number }> = []
-    const deleteMembers: Array<string> = []
-    for (const [user, member] of d.memberDelta) {
-      if (member) upsertMembers.push({ user_id: user, joined_seq: d.joinedSeq.get(user) ?? d.seq })
-      else if (d.state.members.has(user)) deleteMembers.push(user)
-    }
-    const messageRows = (set: ReadonlySet<string>) => [...set].map((ts) => (d.messages.get(ts) as Entry).row)
-    const write: ChannelsStore.BatchWrite = {
-      channelId: d.id,
-      expectedSeq: d.state.channel?.last_seq ?? 0,
-      channel,
-      insertMessages: messageRows(d.inserted),
-      updateMessages: messageRows(d.updated),
-      recountThreads: [...d.recount],
-      events: d.events,
-      insertReactions: reactionsIn,
-      deleteReactions: reactionsOut,
-      upsertMembers,
-      deleteMembers,
-      commands: d.commands
-    }
-    // A taken client_msg_id is a resend to look up; any other conflict, a second writer.
-    const dieOnConflict = <A>(effect: Effect.Effect<A, SqlError | FencedOut>) =>
-      Effect.catchIf(effect, (error) => ChannelsStore.isUniqueViolation(error), (error) =>
-        ChannelsStore.violatedConstraint(error) === ChannelsStore.clientMsgIdIndex
-          ? Effect.fail(new ClientMsgIdTaken({ channel: d.id }))
-          : Effect.die(new ChannelsStore.TimelineConflict(d.id, `unique constraint violated at commit: ${error.message}`)))
-    if (!d.creating && !ChannelsStore.needsTransaction(write)) {
-      yield* ctx.commit(ChannelsStore.rowWrites(write)).pipe(dieOnConflict)
-      return { _tag: "committed", totals: [] } satisfies Commit
-    }
-    return yield* ctx.transaction(
-      Effect.gen(function*() {
-        if (d.creating) {
-          const inserted = yield* store.insertChannel(channel)
-          if (inserted._tag === "taken") return { _tag: "taken", existing: inserted.existing } satisfies Commit
-        }
-        return { _tag: "committed", totals: yield* store.commit(write) } satisfies Commit
-      })
-    ).pipe(dieOnConflict)
-  })
+const commit = Effect.fnUntraced(function*(ctx: ActorContext, d: Draft) {
+  const store = yield* Channels
+  const channel = d.row as ChannelRow
+  const reactionsIn: Array<ReactionRow> = []
+  const reactionsOut: Array<Omit<ReactionRow, "created_at">> = []
+  for (const [key, { before, row }] of d.reactionBase) {
+    const [ts, name, user] = key.split("\u0000") as [string, string, string]
+    const now = d.message(ts)?.reactions.get(name)?.includes(user) ?? false
+    if (now && !before) reactionsIn.push(row)
+    if (!now && before) reactionsOut.push({ message_ts: ts, name, user_id: user })
+  }
+  const upsertMembers: Array<{ user_id: string; joined_seq: number }> = []
+  const deleteMembers: Array<string> = []
+  for (const [user, member] of d.memberDelta) {
+    if (member) upsertMembers.push({ user_id: user, joined_seq: d.joinedSeq.get(user) ?? d.seq })
+    else if (d.state.members.has(user)) deleteMembers.push(user)
+  }
+  const messageRows = (set: ReadonlySet<string>) => [...set].map((ts) => (d.messages.get(ts) as Entry).row)
+  const write: ChannelsStore.BatchWrite = {
+    channelId: d.id,
+    expectedSeq: d.state.channel?.last_seq ?? 0,
+    channel,
+    insertMessages: messageRows(d.inserted),
+    updateMessages: messageRows(d.updated),
+    recountThreads: [...d.recount],
+    events: d.events,
+    insertReactions: reactionsIn,
+    deleteReactions: reactionsOut,
+    upsertMembers,
+    deleteMembers,
+    commands: d.commands
+  }
+  // A taken client_msg_id is a resend to look up; any other conflict, a second writer.
+  const dieOnConflict = <A>(effect: Effect.Effect<A, SqlError | FencedOut>) =>
+    Effect.catchIf(effect, (error) => ChannelsStore.isUniqueViolation(error), (error) =>
+      ChannelsStore.violatedConstraint(error) === ChannelsStore.clientMsgIdIndex
+        ? Effect.fail(new ClientMsgIdTaken({ channel: d.id }))
+        : Effect.die(new ChannelsStore.TimelineConflict(d.id, `unique constraint violated at commit: ${error.message}`)))
+  if (!d.creating && !ChannelsStore.needsTransaction(write)) {
+    yield* ctx.commit(ChannelsStore.rowWrites(write)).pipe(dieOnConflict)
+    return { _tag: "committed", totals: [] } satisfies Commit
+  }
+  return yield* ctx.transaction(
+    Effect.gen(function*() {
+      if (d.creating) {
+        const inserted = yield* store.insertChannel(channel)
+        if (inserted._tag === "taken") return { _tag: "taken", existing: inserted.existing } satisfies Commit
+      }
+      return { _tag: "committed", totals: yield* store.commit(write) } satisfies Commit
+    })
+  ).pipe(dieOnConflict)
+})
 
 /** Applies a committed draft to the state (the only place the state changes). */
 const apply = (state: State, d: Draft, totals: ReadonlyArray<ThreadTotals>) => {
@@ -1061,40 +1056,39 @@ const nowMicros = Effect.map(Clock.currentTimeNanos, (nanos) => Number(nanos / 1
  * Creates the conversation with the batch's first creation command, in its own
  * transaction, before the rest of the batch (which then sees the channel).
  */
-const createFirst = (ctx: ActorContext, state: State, batch: ReadonlyArray<ChannelIncoming>, answers: Map<ChannelIncoming, Exit.Exit<unknown, unknown>>) =>
-  Effect.gen(function*() {
-    const publisher = yield* EventPublisher.EventPublisher
-    for (const incoming of batch) {
-      if (state.channel !== undefined) return
-      if (answers.has(incoming) || (incoming._tag !== "CreateChannel" && incoming._tag !== "OpenConversation")) continue
-      const m = incoming.message
-      if (m._tag === "OpenConversation" && !openValid(state.id, m)) {
-        answers.set(incoming, Exit.fail(new ChannelError({ code: "invalid_arguments" })))
-        continue
-      }
-      if (m._tag === "CreateChannel" && !state.id.startsWith("C")) {
-        answers.set(incoming, Exit.fail(new ChannelError({ code: "invalid_arguments" })))
-        continue
-      }
-      const d = new Draft(state, yield* nowMicros)
-      const outcome = create(d, m)
-      recordOutcome(d, incoming, outcome, 0)
-      // A creation posts no message, so it cannot meet a taken client_msg_id.
-      const result = yield* commit(ctx, d).pipe(Effect.catchTag("ClientMsgIdTaken", Effect.die))
-      if (result._tag === "taken") {
-        answers.set(
-          incoming,
-          m._tag === "OpenConversation" && result.existing !== undefined
-            ? Exit.succeed({ id: result.existing, created: false })
-            : Exit.fail(new ChannelError({ code: m._tag === "CreateChannel" ? "name_taken" : "channel_not_found" }))
-        )
-        continue
-      }
-      apply(state, d, result.totals)
-      yield* publisher.publish(d.outgoing)
-      answers.set(incoming, toExit(outcome))
+const createFirst = Effect.fnUntraced(function*(ctx: ActorContext, state: State, batch: ReadonlyArray<ChannelIncoming>, answers: Map<ChannelIncoming, Exit.Exit<unknown, unknown>>) {
+  const publisher = yield* EventPublisher.EventPublisher
+  for (const incoming of batch) {
+    if (state.channel !== undefined) return
+    if (answers.has(incoming) || (incoming._tag !== "CreateChannel" && incoming._tag !== "OpenConversation")) continue
+    const m = incoming.message
+    if (m._tag === "OpenConversation" && !openValid(state.id, m)) {
+      answers.set(incoming, Exit.fail(new ChannelError({ code: "invalid_arguments" })))
+      continue
     }
-  })
+    if (m._tag === "CreateChannel" && !state.id.startsWith("C")) {
+      answers.set(incoming, Exit.fail(new ChannelError({ code: "invalid_arguments" })))
+      continue
+    }
+    const d = new Draft(state, yield* nowMicros)
+    const outcome = create(d, m)
+    recordOutcome(d, incoming, outcome, 0)
+    // A creation posts no message, so it cannot meet a taken client_msg_id.
+    const result = yield* commit(ctx, d).pipe(Effect.catchTag("ClientMsgIdTaken", Effect.die))
+    if (result._tag === "taken") {
+      answers.set(
+        incoming,
+        m._tag === "OpenConversation" && result.existing !== undefined
+          ? Exit.succeed({ id: result.existing, created: false })
+          : Exit.fail(new ChannelError({ code: m._tag === "CreateChannel" ? "name_taken" : "channel_not_found" }))
+      )
+      continue
+    }
+    apply(state, d, result.totals)
+    yield* publisher.publish(d.outgoing)
+    answers.set(incoming, toExit(outcome))
+  }
+})
 
 /**
  * Splits each `PostMessages` into one `PostMessage` per post, in place and in order,
@@ -1146,95 +1140,93 @@ const expandPosts = (batch: ReadonlyArray<Incoming<P.ChannelRequest>>): Readonly
   return expanded
 }
 
-export const receive = (ctx: ActorContext, state: State, received: ReadonlyArray<Incoming<P.ChannelRequest>>) =>
-  Effect.gen(function*() {
-    const batch = expandPosts(received)
-    const answers = new Map<ChannelIncoming, Exit.Exit<unknown, unknown>>()
-    // Optimistic about client_msg_ids (see recallFromStore); the draft is discarded
-    // when one turns out taken, and the batch decided again knowing the stored ones.
-    const applied = yield* decideAndCommit(ctx, state, batch, answers, false).pipe(
-      Effect.catchTag("ClientMsgIdTaken", () => decideAndCommit(ctx, state, batch, answers, true)),
-      Effect.catchTag("ClientMsgIdTaken", (taken) =>
-        Effect.die(new ChannelsStore.TimelineConflict(taken.channel, "a client_msg_id taken after its lookup")))
-    )
-    for (const incoming of batch) settle(incoming, answers.get(incoming) ?? applied.get(incoming) ?? Exit.die(new Error("unanswered")))
-    return state
-  })
+export const receive = Effect.fnUntraced(function*(ctx: ActorContext, state: State, received: ReadonlyArray<Incoming<P.ChannelRequest>>) {
+  const batch = expandPosts(received)
+  const answers = new Map<ChannelIncoming, Exit.Exit<unknown, unknown>>()
+  // Optimistic about client_msg_ids (see recallFromStore); the draft is discarded
+  // when one turns out taken, and the batch decided again knowing the stored ones.
+  const applied = yield* decideAndCommit(ctx, state, batch, answers, false).pipe(
+    Effect.catchTag("ClientMsgIdTaken", () => decideAndCommit(ctx, state, batch, answers, true)),
+    Effect.catchTag("ClientMsgIdTaken", (taken) =>
+      Effect.die(new ChannelsStore.TimelineConflict(taken.channel, "a client_msg_id taken after its lookup")))
+  )
+  for (const incoming of batch) settle(incoming, answers.get(incoming) ?? applied.get(incoming) ?? Exit.die(new Error("unanswered")))
+  return state
+})
 
 /**
  * Steps 1–5 of a batch; answers in `answers` (retries and creations, which survive a
  * second attempt) and in the map returned (the draft's, once committed and published).
  */
-const decideAndCommit = (
+const decideAndCommit = Effect.fnUntraced(function*(
   ctx: ActorContext,
   state: State,
   batch: ReadonlyArray<ChannelIncoming>,
   answers: Map<ChannelIncoming, Exit.Exit<unknown, unknown>>,
   lookUpClientMsgIds: boolean
-) =>
-  Effect.gen(function*() {
-    const store = yield* Channels
-    const publisher = yield* EventPublisher.EventPublisher
-    const recalled = (incoming: ChannelIncoming) => {
-      const key = keyOf(incoming)
-      return key === undefined ? undefined : state.window.get(key)?.value
-    }
+) {
+  const store = yield* Channels
+  const publisher = yield* EventPublisher.EventPublisher
+  const recalled = (incoming: ChannelIncoming) => {
+    const key = keyOf(incoming)
+    return key === undefined ? undefined : state.window.get(key)?.value
+  }
 
-    // 1. Retries of commands applied before this batch, and 2. what the batch refers to.
-    yield* recallFromStore(state, batch, lookUpClientMsgIds)
-    const wanted: Array<string> = []
-    for (const incoming of batch) {
-      const remembered = recalled(incoming)
-      if (remembered?._tag === "post") wanted.push(remembered.ts)
-      const ts = referencedTs(incoming)
-      if (ts !== undefined) wanted.push(ts)
-    }
-    yield* preload(state, wanted)
-    for (const incoming of batch) {
-      const remembered = recalled(incoming)
-      if (remembered !== undefined) answers.set(incoming, replay(state, incoming, remembered))
-    }
+  // 1. Retries of commands applied before this batch, and 2. what the batch refers to.
+  yield* recallFromStore(state, batch, lookUpClientMsgIds)
+  const wanted: Array<string> = []
+  for (const incoming of batch) {
+    const remembered = recalled(incoming)
+    if (remembered?._tag === "post") wanted.push(remembered.ts)
+    const ts = referencedTs(incoming)
+    if (ts !== undefined) wanted.push(ts)
+  }
+  yield* preload(state, wanted)
+  for (const incoming of batch) {
+    const remembered = recalled(incoming)
+    if (remembered !== undefined) answers.set(incoming, replay(state, incoming, remembered))
+  }
 
-    // 3. Creation first (its own transaction), then everything else in one draft.
-    if (state.channel === undefined) yield* createFirst(ctx, state, batch, answers)
-    const d = new Draft(state, yield* nowMicros)
-    const renames = batch.flatMap((i) => (i._tag === "Rename" && !answers.has(i) ? [i.message.name] : []))
-    if (renames.length > 0 && state.channel !== undefined) {
-      d.takenNames = new Set(yield* store.namesTaken(state.channel.team_id, renames, state.id))
+  // 3. Creation first (its own transaction), then everything else in one draft.
+  if (state.channel === undefined) yield* createFirst(ctx, state, batch, answers)
+  const d = new Draft(state, yield* nowMicros)
+  const renames = batch.flatMap((i) => (i._tag === "Rename" && !answers.has(i) ? [i.message.name] : []))
+  if (renames.length > 0 && state.channel !== undefined) {
+    d.takenNames = new Set(yield* store.namesTaken(state.channel.team_id, renames, state.id))
+  }
+  const decided: Array<readonly [ChannelIncoming, Outcome]> = []
+  /** Commands repeated within the batch (a sender's retry overtook the original). */
+  const repeats: Array<readonly [ChannelIncoming, string]> = []
+  for (const incoming of batch) {
+    if (answers.has(incoming)) continue
+    const key = keyOf(incoming)
+    if (key !== undefined && d.remembered.has(key)) {
+      repeats.push([incoming, key])
+      continue
     }
-    const decided: Array<readonly [ChannelIncoming, Outcome]> = []
-    /** Commands repeated within the batch (a sender's retry overtook the original). */
-    const repeats: Array<readonly [ChannelIncoming, string]> = []
-    for (const incoming of batch) {
-      if (answers.has(incoming)) continue
-      const key = keyOf(incoming)
-      if (key !== undefined && d.remembered.has(key)) {
-        repeats.push([incoming, key])
-        continue
-      }
-      const eventsBefore = d.events.length
-      const outcome = decide(d, incoming)
-      recordOutcome(d, incoming, outcome, eventsBefore)
-      decided.push([incoming, outcome])
-    }
+    const eventsBefore = d.events.length
+    const outcome = decide(d, incoming)
+    recordOutcome(d, incoming, outcome, eventsBefore)
+    decided.push([incoming, outcome])
+  }
 
-    // 4. One transaction for the batch.
-    if (d.changed) {
-      const result = yield* commit(ctx, d)
-      if (result._tag === "taken") return yield* Effect.die(new Error(`channel ${state.id}: a creation in the batch of an existing channel`))
-      apply(state, d, result.totals)
-    }
+  // 4. One transaction for the batch.
+  if (d.changed) {
+    const result = yield* commit(ctx, d)
+    if (result._tag === "taken") return yield* Effect.die(new Error(`channel ${state.id}: a creation in the batch of an existing channel`))
+    apply(state, d, result.totals)
+  }
 
-    // 5. Publish in seq order, then answer.
-    yield* publisher.publish(d.outgoing)
-    const applied = new Map<ChannelIncoming, Exit.Exit<unknown, unknown>>()
-    for (const [incoming, outcome] of decided) applied.set(incoming, toExit(outcome))
-    for (const [incoming, key] of repeats) {
-      const remembered = state.window.get(key)?.value
-      applied.set(incoming, remembered === undefined ? Exit.die(new Error(`forgot ${key}`)) : replay(state, incoming, remembered))
-    }
-    return applied
-  })
+  // 5. Publish in seq order, then answer.
+  yield* publisher.publish(d.outgoing)
+  const applied = new Map<ChannelIncoming, Exit.Exit<unknown, unknown>>()
+  for (const [incoming, outcome] of decided) applied.set(incoming, toExit(outcome))
+  for (const [incoming, key] of repeats) {
+    const remembered = state.window.get(key)?.value
+    applied.set(incoming, remembered === undefined ? Exit.die(new Error(`forgot ${key}`)) : replay(state, incoming, remembered))
+  }
+  return applied
+})
 
 export const behaviour = Behaviour.make({
   entity: Channel,
