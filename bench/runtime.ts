@@ -18,7 +18,7 @@
  * Prints a table, then one JSON line.
  */
 import { Effect } from "effect"
-import { performance } from "node:perf_hooks"
+import { performance, PerformanceObserver } from "node:perf_hooks"
 import { parseArgs } from "node:util"
 import { Counter, Get, Increment } from "../src/actors/Counter.ts"
 import { ShardingClient } from "../src/runtime/ShardingClient.ts"
@@ -76,6 +76,20 @@ try {
     for (const [pid, seconds] of after.services) services += seconds - (before.services.get(pid) ?? 0)
     return { nodes: us(after.nodes - before.nodes), services: us(services), generator: us(after.generator - before.generator) }
   }
+  // The generator's own GC pauses, to tell how much of a fixed-rate phase's tail is
+  // this process's (a request in flight during one of its pauses waits it out).
+  const generatorPauses: Array<readonly [start: number, ms: number]> = []
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) generatorPauses.push([entry.startTime, entry.duration])
+  })
+  gcObserver.observe({ entryTypes: ["gc"] })
+  /** Of the requests slower than `slowMs` in [from, to], how many overlapped a generator pause. */
+  const generatorShare = (from: number, to: number, slow: ReadonlyArray<readonly [number, number]>) => {
+    const pauses = generatorPauses.filter(([start]) => start >= from && start <= to)
+    const overlapping = slow.filter(([due, done]) => pauses.some(([start, ms]) => start < done && start + ms > due)).length
+    return { pauses: pauses.length, pausedMs: pauses.reduce((sum, [, ms]) => sum + ms, 0), slow: slow.length, overlapping }
+  }
+  const slowMs = 10
   type Kind = "get" | "increment"
   // The generator's own pauses count in every latency it measures: it builds each
   // message once (they are immutable) and looks the client up once, not per send.
@@ -91,6 +105,7 @@ try {
   const openLoop = async (delivery: "durable" | "volatile", kind: Kind = "get", offered = rate) => {
     const total = Math.round(offered * seconds)
     const latencies: Array<number> = []
+    const slow: Array<readonly [number, number]> = []
     let errors = 0
     // Outstanding sends are counted, not kept: holding every promise until the end made
     // them all survive young-generation GC, a fifth of this process's CPU.
@@ -109,7 +124,9 @@ try {
         const dueAt = start + (sent / offered) * 1000
         outstanding++
         send(sent, delivery, kind).then(() => {
-          latencies.push(performance.now() - dueAt)
+          const done = performance.now()
+          latencies.push(done - dueAt)
+          if (done - dueAt > slowMs) slow.push([dueAt, done])
           settled()
         }, (error: unknown) => {
           if (errors++ === 0) console.error(`first ${delivery} ${kind} error: ${String(error).slice(0, 300)}`)
@@ -121,7 +138,8 @@ try {
     if (outstanding > 0) await new Promise<void>((resolve) => (drained = resolve))
     const elapsed = (performance.now() - start) / 1000
     const cpu = cpuPerCommand(cpuBefore, latencies.length)
-    return { delivery, offered, achieved: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors, cpu }
+    const gc = generatorShare(start, performance.now(), slow)
+    return { delivery, offered, achieved: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors, cpu, gc }
   }
 
   /** Closed loop with `concurrency` senders: the most the cluster sustains. */
@@ -154,7 +172,7 @@ try {
   }
 
   const noCpu = { nodes: NaN, services: NaN, generator: NaN }
-  const skippedOpen = (delivery: "durable" | "volatile", offered: number) => ({ delivery, offered, achieved: NaN, p50: NaN, p99: NaN, errors: 0, cpu: noCpu })
+  const skippedOpen = (delivery: "durable" | "volatile", offered: number) => ({ delivery, offered, achieved: NaN, p50: NaN, p99: NaN, errors: 0, cpu: noCpu, gc: undefined })
   const skippedSat = (delivery: "durable" | "volatile") => ({ delivery, perSecond: NaN, p50: NaN, p99: NaN, errors: 0, cpu: noCpu })
   const durable = phases.has("durable") ? await openLoop("durable") : skippedOpen("durable", rate)
   const volatile = phases.has("volatile") ? await openLoop("volatile") : skippedOpen("volatile", rate)
@@ -176,6 +194,15 @@ try {
       [`persisted, saturation`, "volatile", "-", satPersisted.perSecond, satPersisted.p50, satPersisted.p99, satPersisted.errors, ...cpuCells(satPersisted.cpu)]
     ]
   )
+  for (const [name, phase] of [["durable", durable], ["volatile", volatile], ["persisted", persisted]] as const) {
+    if (phase.gc === undefined) continue
+    const { pauses, pausedMs, slow: slowCount, overlapping } = phase.gc
+    console.log(
+      `${name} fixed rate: the generator paused for GC ${pauses} times (${Math.round(pausedMs)} ms); ` +
+        `${overlapping} of the ${slowCount} requests over ${slowMs} ms overlapped one of those pauses`
+    )
+  }
+  gcObserver.disconnect()
   console.log(JSON.stringify({
     bench: "runtime",
     nodes: 3,
