@@ -24,10 +24,11 @@ export type ReplyEnvelope =
   | { readonly id: string; readonly exit: unknown }
   | { readonly id: string; readonly error: unknown }
 
-const encoder = new TextEncoder()
 const decoder = new TextDecoder()
 
-export const encodeRequest = (envelope: RequestEnvelope): Uint8Array => encoder.encode(JSON.stringify(envelope))
+// `Buffer.from` takes small payloads from Node's shared 8 KB pool; `TextEncoder` made an
+// ArrayBuffer per message, each one for the scavenger to sweep.
+export const encodeRequest = (envelope: RequestEnvelope): Uint8Array => Buffer.from(JSON.stringify(envelope), "utf8")
 
 export const decodeRequest = (data: Uint8Array): Either.Either<RequestEnvelope, string> => {
   let parsed: unknown
@@ -107,7 +108,7 @@ const decodeRuntimeErrorEither = Schema.decodeUnknownEither(RuntimeError)
 export const encodeRuntimeError = (error: RuntimeError): unknown => encodeRuntimeErrorSync(error)
 export const decodeRuntimeError = (encoded: unknown) => decodeRuntimeErrorEither(encoded)
 
-export const encodeReply = (reply: ReplyEnvelope): Uint8Array => encoder.encode(JSON.stringify(reply))
+export const encodeReply = (reply: ReplyEnvelope): Uint8Array => Buffer.from(JSON.stringify(reply), "utf8")
 
 export const decodeReply = (data: Uint8Array): Either.Either<ReplyEnvelope, string> => {
   try {
