@@ -359,10 +359,12 @@ type RequestAnswer =
   | { readonly _tag: "TimedOut" }
   | { readonly _tag: "Failed"; readonly error: unknown }
 
+const pubAckDecoder = new TextDecoder()
+
 /** A JetStream publish answer: stored (perhaps as a duplicate of an earlier publish), or refused. */
 const pubAckOf = (data: Uint8Array): { readonly duplicate: boolean } | { readonly error: string } => {
   try {
-    const parsed: unknown = JSON.parse(new TextDecoder().decode(data))
+    const parsed: unknown = JSON.parse(pubAckDecoder.decode(data))
     if (typeof parsed === "object" && parsed !== null) {
       if ("error" in parsed) return { error: JSON.stringify(parsed.error) }
       if ("stream" in parsed && "seq" in parsed) return { duplicate: "duplicate" in parsed && parsed.duplicate === true }
