@@ -246,10 +246,6 @@ const oneTripText = (batch: ReadonlyArray<Submission>): string | undefined => {
   return statements.join(";\n")
 }
 
-/**
- * Runs submissions in one transaction; returns, per submission, whether it was
- * committed (undefined) or left out as fenced.
- */
 // Declared once (not an `Effect.gen(function*…)` per call): see decision 0021.
 const fencedWrites = Effect.fnUntraced(function*(sql: SqlClient.SqlClient, batch: ReadonlyArray<Submission>) {
   const fenced = new Map<Submission, FencedOut>()
@@ -277,6 +273,10 @@ const fencedWrites = Effect.fnUntraced(function*(sql: SqlClient.SqlClient, batch
   return fenced
 })
 
+/**
+ * Runs submissions in one transaction; returns, per submission, whether it was
+ * committed (undefined) or left out as fenced.
+ */
 const commitTogether = (sql: SqlClient.SqlClient, batch: ReadonlyArray<Submission>) =>
   sql.withTransaction(fencedWrites(sql, batch))
 
