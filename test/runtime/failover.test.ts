@@ -36,7 +36,10 @@ describe("failover", () => {
   it("kill -9 of a node during a stream: every acknowledged command is applied exactly once", async () => {
     const counters = counterPerShard(SHARDS, "stream")
     const stream = startCommandStream(client, counters, { prefix: "stream", senders: 24 })
+    // Mid-stream: at least 2 s in and a few dozen commands acknowledged (on a loaded
+    // machine the first activations take longer than 2 s).
     await sleep(2_000)
+    for (let waited = 0; stream.acked.size <= 20 && waited < 20_000; waited += 100) await sleep(100)
     const ackedBeforeKill = stream.acked.size
     await cluster.node("node-2").kill("SIGKILL")
     await sleep(4_000)
