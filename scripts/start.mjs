@@ -10,7 +10,8 @@
 // 4. Ctrl-C / SIGTERM: SIGTERM the nodes, wait (then SIGKILL), stop what was provisioned.
 //
 // Environment (all optional): DATABASE_URL, NATS_URL, CHORUS_CLUSTER, CHORUS_OPERATOR_TOKEN,
-// CHORUS_NODES, PORT, HOST, CHORUS_NODE_ENTRY (default src/main.ts),
+// CHORUS_NODES, PORT, HOST, CHORUS_NODE_ENTRY (default: dist/main.mjs, built from src/
+// at each start by scripts/build.mjs; a .ts entry such as src/main.ts runs through tsx),
 // CHORUS_STOP_TIMEOUT_MS (default 20000), CHORUS_MAX_RESTARTS (default 10),
 // CHORUS_READY_TIMEOUT_MS (warn after; default 120000). Everything else is passed to nodes.
 
@@ -46,7 +47,7 @@ const NODES = intEnv("CHORUS_NODES", 3)
 const BASE_PORT = intEnv("PORT", 3000)
 const HOST = process.env.HOST || "127.0.0.1"
 const PROBE_HOST = HOST === "0.0.0.0" || HOST === "::" ? "127.0.0.1" : HOST
-const ENTRY = process.env.CHORUS_NODE_ENTRY || "src/main.ts"
+const ENTRY = process.env.CHORUS_NODE_ENTRY || "dist/main.mjs"
 const STOP_TIMEOUT_MS = intEnv("CHORUS_STOP_TIMEOUT_MS", 20_000)
 const MAX_RESTARTS = intEnv("CHORUS_MAX_RESTARTS", 10)
 const READY_WARN_MS = intEnv("CHORUS_READY_TIMEOUT_MS", 120_000)
@@ -85,7 +86,8 @@ class NodeProc {
     this.starts += 1
     const startedAt = Date.now()
     // A larger young generation: half the scavenges under load (decision 0019).
-    const child = spawn(process.execPath, ["--max-semi-space-size=64", "--import", "tsx", ENTRY], {
+    const loader = /\.[cm]?ts$/.test(ENTRY) ? ["--import", "tsx"] : []
+    const child = spawn(process.execPath, ["--max-semi-space-size=64", ...loader, ENTRY], {
       cwd: ROOT,
       env: this.env,
       stdio: ["ignore", "pipe", "pipe"],
@@ -246,6 +248,11 @@ async function main() {
   if (NODES < 1) throw new Error("CHORUS_NODES must be at least 1")
   ensureDependencies()
   if (shuttingDown) return
+  if (!process.env.CHORUS_NODE_ENTRY) {
+    // Imported here: esbuild is one of the dependencies just ensured.
+    const { buildNode } = await import("./build.mjs")
+    say(`built ${await buildNode()}`)
+  }
   const entryPath = path.resolve(ROOT, ENTRY)
   if (!fs.existsSync(entryPath)) throw new Error(`node entry point ${rel(entryPath)} does not exist (CHORUS_NODE_ENTRY)`)
 

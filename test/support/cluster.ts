@@ -1,5 +1,6 @@
-// Real Chorus node processes for integration tests: `node --import tsx src/main.ts`,
-// each on its own port, its output in .chorus/logs/<cluster>/<node>.log.
+// Real Chorus node processes for integration tests: `node dist/main.mjs` (the bundle
+// `npm start` runs, built on first use in each process; decision 0023), each on its own
+// port, its output in .chorus/logs/<cluster>/<node>.log.
 //
 //   const db = await freshDatabase()
 //   const cluster = await startCluster({ nodes: 3, env: { DATABASE_URL: db.url } })
@@ -14,6 +15,7 @@ import fs from "node:fs"
 import path from "node:path"
 import { exitOf, freePort, isPortFree, readTextFile, REPO_ROOT, signalGroup, sleep, STATE_DIR, stopGroup, tail, TERMINATING, track, untrack, waitExit } from "./processes.ts"
 import { freshDatabase, natsUrl, uniqueCluster, type FreshDatabase } from "./services.ts"
+import { buildNode } from "../../scripts/build.mjs"
 
 export interface StartClusterOptions {
   /** How many nodes to start (node-1 … node-N). */
@@ -25,7 +27,7 @@ export interface StartClusterOptions {
   readonly env: Readonly<Record<string, string>>
   /** Consecutive ports from here; default: a free port per node. */
   readonly basePort?: number
-  /** Entry module relative to the repo (default $CHORUS_NODE_ENTRY or src/main.ts). */
+  /** Entry module relative to the repo (default $CHORUS_NODE_ENTRY or the built dist/main.mjs). */
   readonly entry?: string
   /** How long waitReady() waits by default (default 60 s). */
   readonly readyTimeoutMs?: number
@@ -171,7 +173,9 @@ class NodeProcess implements ChorusNode {
       // CHORUS_NODE_FLAGS: extra Node flags for node processes (e.g. --cpu-prof, which NODE_OPTIONS refuses).
       const flags = (process.env.CHORUS_NODE_FLAGS ?? "").split(" ").filter((f) => f.length > 0)
       // As `npm start` runs nodes: a larger young generation (decision 0019).
-      this.child = spawn(process.execPath, ["--max-semi-space-size=64", ...flags, "--import", "tsx", this.entry], {
+      // A TypeScript entry (CHORUS_NODE_ENTRY=src/main.ts) runs through tsx.
+      const loader = /\.[cm]?ts$/.test(this.entry) ? ["--import", "tsx"] : []
+      this.child = spawn(process.execPath, ["--max-semi-space-size=64", ...flags, ...loader, this.entry], {
         cwd: REPO_ROOT,
         env,
         stdio: ["ignore", fd, fd],
@@ -294,9 +298,19 @@ class NodeProcess implements ChorusNode {
  * environment), CHORUS_CLUSTER (opts.env's, else a unique one), CHORUS_OPERATOR_TOKEN
  * (opts.env's, else a generated one), then `opts.env`, then NODE_ID and PORT.
  */
+let bundle: Promise<string> | undefined
+/** The node bundle, built once per process (a failed build is tried again next time). */
+const builtNode = (): Promise<string> => {
+  bundle ??= buildNode().catch((error: unknown) => {
+    bundle = undefined
+    throw error
+  })
+  return bundle
+}
+
 export async function startCluster(opts: StartClusterOptions): Promise<ChorusCluster> {
   if (!Number.isInteger(opts.nodes) || opts.nodes < 1) throw new Error("startCluster: nodes must be a positive integer")
-  const entry = opts.entry ?? process.env.CHORUS_NODE_ENTRY ?? "src/main.ts"
+  const entry = opts.entry ?? process.env.CHORUS_NODE_ENTRY ?? (await builtNode())
   const name = opts.env.CHORUS_CLUSTER ?? uniqueCluster()
   const operatorToken = opts.env.CHORUS_OPERATOR_TOKEN ?? `op-${randomBytes(18).toString("base64url")}`
   const logDir = path.join(STATE_DIR, "logs", name)
