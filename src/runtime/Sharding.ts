@@ -120,6 +120,25 @@ export const make = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
         held.set(shard, { runner, scope })
         metrics.leaseChanges.inc({ change: "acquired" })
         metrics.shardsOwned.set(held.size)
+        // The lease watch ignores shards not held yet, so a change between taking the
+        // lease and starting the runner (seconds, on a loaded machine: another node
+        // presumed us dead, took the shard and perhaps released it) went unseen, and this
+        // node served a shard whose lease was not its own until it next moved. Look again
+        // now that later changes reach the watch.
+        const now = yield* ShardLeases.read(shard)
+        const stillOurs = Option.isSome(now) && now.value.epoch === lease.epoch &&
+          now.value.holder?.node === self.id && now.value.holder.incarnation === self.incarnation
+        if (!stillOurs) {
+          yield* Effect.logWarning("lease lost while the shard was starting", {
+            shard,
+            epoch: lease.epoch,
+            now: Option.isSome(now) ? now.value.epoch : null,
+            holder: Option.isSome(now) ? now.value.holder?.node ?? null : null
+          })
+          yield* stopShard(shard, false, "lost")
+          yield* kick
+          return
+        }
         // A fenced runner is dropped at once; the next pass decides what to do.
         yield* Deferred.await(runner.fenced).pipe(
           Effect.zipRight(Effect.logWarning("shard fenced out", { shard, epoch: lease.epoch })),
