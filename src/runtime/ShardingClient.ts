@@ -148,13 +148,7 @@ export const make = (metrics?: RuntimeMetricsShape) =>
       return Either.isRight(encoded) ? Either.right(encoded.right) : Either.left(new MalformedMessage({ address: String(address), reason: encoded.left }))
     }
 
-    const sendVolatile: <Req extends Schema.TaggedRequest.All>(
-      entity: Entity<Req>,
-      address: ActorAddress,
-      message: Req,
-      commandId: string,
-      firstSentAt?: number
-    ) => Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError> = Effect.fnUntraced(function*<Req extends Schema.TaggedRequest.All>(
+    const sendVolatile = Effect.fnUntraced(function*<Req extends Schema.TaggedRequest.All>(
       entity: Entity<Req>,
       address: ActorAddress,
       message: Req,
@@ -215,16 +209,7 @@ export const make = (metrics?: RuntimeMetricsShape) =>
       "error" in reply && typeof reply.error === "object" && reply.error !== null && "_tag" in reply.error && reply.error._tag === "Retry"
 
     /** Publishes a durable command and waits for its reply on `token` (registered by the caller). */
-    const publishAndAwait: <Req extends Schema.TaggedRequest.All>(
-      entity: Entity<Req>,
-      address: ActorAddress,
-      message: Req,
-      commandId: string,
-      msg: unknown,
-      token: string,
-      started: number,
-      answer: AnswerSlot<Envelope.ReplyEnvelope>
-    ) => Effect.Effect<SuccessOf<Req>, FailureOf<Req> | DeliveryError> = Effect.fnUntraced(function*<Req extends Schema.TaggedRequest.All>(
+    const publishAndAwait = Effect.fnUntraced(function*<Req extends Schema.TaggedRequest.All>(
       entity: Entity<Req>,
       address: ActorAddress,
       message: Req,
