@@ -840,23 +840,25 @@ export const init = Effect.fnUntraced(function*(ctx: ActorContext) {
   return state
 })
 
+/** Loads the messages `ts` (with their reactions) into the cache. */
+const load = Effect.fnUntraced(function*(state: State, ts: ReadonlyArray<string>) {
+  if (ts.length === 0) return
+  const store = yield* Channels
+  const rows = yield* store.messages(state.id, ts)
+  const reactions = yield* store.reactions(state.id, rows.map((r) => r.ts))
+  for (const entry of entriesOf(rows, reactions)) cacheEntry(state, entry)
+})
+
 /** Loads into the cache the messages `ts` (and their thread parents) that it lacks. */
 const preload = Effect.fnUntraced(function*(state: State, wanted: Iterable<string>) {
-  const store = yield* Channels
-  const load = Effect.fnUntraced(function*(ts: ReadonlyArray<string>) {
-    if (ts.length === 0) return
-    const rows = yield* store.messages(state.id, ts)
-    const reactions = yield* store.reactions(state.id, rows.map((r) => r.ts))
-    for (const entry of entriesOf(rows, reactions)) cacheEntry(state, entry)
-  })
   const first = [...new Set(wanted)].filter((ts) => !state.cache.has(ts))
-  yield* load(first)
+  yield* load(state, first)
   const parents = new Set<string>()
   for (const ts of new Set(wanted)) {
     const row = state.cache.get(ts)?.row
     if (row !== undefined && row.thread_ts !== null && row.thread_ts !== row.ts && !state.cache.has(row.thread_ts)) parents.add(row.thread_ts)
   }
-  yield* load([...parents])
+  yield* load(state, [...parents])
 })
 
 /**

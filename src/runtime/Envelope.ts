@@ -69,7 +69,7 @@ const exitCodec = (request: Schema.TaggedRequest.All): ExitCodec => {
   const decode = Schema.decodeUnknownEither(schema)
   // A success (nearly every reply) is `{_tag: "Success", value}` with the value in its
   // own schema's form: coded by the success schema alone, a quarter of the garbage and
-  // an eighth of the time of the whole Exit schema. Failures take the full schema.
+  // a tenth of the time of the whole Exit schema. Failures take the full schema.
   const success = (request as unknown as Schema.WithResult<unknown, unknown, unknown, unknown, never>)[Schema.symbolWithResult].success as Schema.Schema<unknown, unknown>
   const encodeSuccess = Schema.encodeEither(success)
   const decodeSuccess = Schema.decodeUnknownEither(success)
