@@ -14,9 +14,14 @@
  * Before the phases, `--warmup` seconds of both kinds of traffic at the offered rate
  * (not measured) let the JIT compile the hot paths of every process.
  *
- * Usage: npm run bench:runtime [-- --rate 5000 --seconds 10 --concurrency 256 --warmup 2 --only durable,volatile,persisted]
+ * The generator sends through `bench/wireClient.ts` (the same bytes as ShardingClient,
+ * without its per-send fiber; decision 0024), or through ShardingClient with
+ * `--client effect`.
+ *
+ * Usage: npm run bench:runtime [-- --rate 5000 --seconds 10 --concurrency 256 --warmup 2 --only durable,volatile,persisted --client wire|effect]
  * Prints a table, then one JSON line.
  */
+import { connect } from "@nats-io/transport-node"
 import { Effect } from "effect"
 import { performance, PerformanceObserver } from "node:perf_hooks"
 import { parseArgs } from "node:util"
@@ -27,6 +32,7 @@ import { counterPerShard, runtimeClient, waitConverged } from "../test/support/r
 import { natsUrl } from "../test/support/services.ts"
 import { cpuSecondsOf, pidsOf } from "./processCpu.ts"
 import { percentile, printTable } from "./report.ts"
+import { wireClient } from "./wireClient.ts"
 
 const { values } = parseArgs({
   options: {
@@ -37,7 +43,9 @@ const { values } = parseArgs({
     "persisted-rate": { type: "string", default: "1000" },
     warmup: { type: "string", default: "2" },
     /** Comma-separated phases to run (durable, volatile, persisted); default all. */
-    only: { type: "string", default: "durable,volatile,persisted" }
+    only: { type: "string", default: "durable,volatile,persisted" },
+    /** `wire`: the lean generator client (bench/wireClient.ts); `effect`: ShardingClient. */
+    client: { type: "string", default: "wire" }
   }
 })
 const phases = new Set(values.only!.split(","))
@@ -51,6 +59,9 @@ const cluster = await startCluster({
   env: { CHORUS_SHARDS: String(shards), CHORUS_DB_POOL: "12", CHORUS_LOG_LEVEL: "WARN" }
 })
 const client = await runtimeClient({ natsUrl: natsUrl(), cluster: cluster.name, shards })
+if (values.client !== "wire" && values.client !== "effect") throw new Error(`--client must be wire or effect, not ${values.client}`)
+const wireConnection = await connect({ servers: natsUrl(), name: "bench-wire-client" })
+const wire = wireClient(wireConnection, { cluster: cluster.name, shards })
 try {
   await waitConverged(cluster.nodes[0]!.url, cluster.operatorToken, ["node-1", "node-2", "node-3"])
   const counters = counterPerShard(shards, "bench")
@@ -96,8 +107,11 @@ try {
   const sharding = await client.run(ShardingClient)
   const get = new Get()
   const increment = new Increment({ amount: 1 })
-  const send = (i: number, delivery: "durable" | "volatile", kind: Kind = "get") =>
-    client.run(Effect.asVoid(sharding.send(Counter, counters[i % counters.length]!, kind === "get" ? get : increment, { delivery })))
+  const send = values.client === "effect"
+    ? (i: number, delivery: "durable" | "volatile", kind: Kind = "get") =>
+      client.run(Effect.asVoid(sharding.send(Counter, counters[i % counters.length]!, kind === "get" ? get : increment, { delivery })))
+    : (i: number, delivery: "durable" | "volatile", kind: Kind = "get") =>
+      wire.send(Counter, counters[i % counters.length]!, kind === "get" ? get : increment, delivery)
   // Warm up: activate every actor on its owner.
   await Promise.all(counters.map((_, i) => send(i, "volatile")))
 
@@ -183,7 +197,7 @@ try {
   const satPersisted = phases.has("persisted") ? await saturation("volatile", "increment") : skippedSat("volatile")
 
   printTable(
-    `bench:runtime — 3 nodes, ${shards} shards, ${counters.length} actors (Get: runtime round trip; Increment: persisted in PostgreSQL)`,
+    `bench:runtime — 3 nodes, ${shards} shards, ${counters.length} actors, ${values.client} client (Get: runtime round trip; Increment: persisted in PostgreSQL)`,
     ["phase", "delivery", "offered/s", "achieved/s", "p50 ms", "p99 ms", "errors", "nodes µs/cmd", "NATS+PG µs/cmd", "generator µs/cmd"],
     [
       ["fixed rate", "durable", durable.offered, durable.achieved, durable.p50, durable.p99, durable.errors, ...cpuCells(durable.cpu)],
@@ -205,6 +219,7 @@ try {
   gcObserver.disconnect()
   console.log(JSON.stringify({
     bench: "runtime",
+    client: values.client,
     nodes: 3,
     shards,
     offered_per_s: rate,
@@ -226,6 +241,8 @@ try {
     errors: durable.errors + volatile.errors + satDurable.errors + satVolatile.errors + persisted.errors + satPersisted.errors
   }))
 } finally {
+  wire.close()
+  await wireConnection.close()
   await client.close()
   await cluster.stopAll()
 }
