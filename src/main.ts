@@ -1,6 +1,9 @@
 /**
- * Entry point of a node process: `node --import tsx src/main.ts`, configured by the
- * environment (README, "Configuration"). Logs are JSON lines.
+ * Entry point of a node process (bundled into `dist/main.mjs`, decision 0023),
+ * configured by the environment (README, "Configuration"). Logs are JSON lines.
+ *
+ * Tracing is off (decision 0025): nothing exports spans, and the spans libraries make
+ * anyway (one per SQL statement, per HTTP request) were a third of a query's CPU.
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Config, Effect, Layer, Logger, LogLevel } from "effect"
@@ -15,7 +18,11 @@ const LogLevelFromEnv = Layer.unwrapEffect(
 const MainLive = NodeLive.pipe(Layer.provide(layerFromEnv), Layer.provide(Logger.json), Layer.provide(LogLevelFromEnv))
 
 NodeRuntime.runMain(
-  Layer.launch(MainLive).pipe(Effect.withScheduler(SharedScheduler.scheduler), Effect.annotateLogs("node", process.env["NODE_ID"] ?? "node")),
+  Layer.launch(MainLive).pipe(
+    Effect.withScheduler(SharedScheduler.scheduler),
+    Effect.withTracerEnabled(false),
+    Effect.annotateLogs("node", process.env["NODE_ID"] ?? "node")
+  ),
   {
     disablePrettyLogger: true
   }

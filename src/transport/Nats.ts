@@ -10,6 +10,7 @@ import type { KV } from "@nats-io/kv"
 import { connect } from "@nats-io/transport-node"
 import type { NatsConnection } from "@nats-io/transport-node"
 import { Context, Data, Effect, Layer, Schedule } from "effect"
+import { coalesceWrites } from "./NatsWriteCoalescing.ts"
 
 export class NatsError extends Data.TaggedError("NatsError")<{
   readonly operation: string
@@ -178,6 +179,7 @@ export const make = (options: NatsOptions) =>
       ).pipe(Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 20 })),
       (nc) => call("drain", () => nc.drain()).pipe(Effect.ignoreLogged)
     )
+    if (!coalesceWrites(nc)) yield* Effect.logWarning("NATS writes not coalesced: unexpected nats.js internals (decision 0026)")
     const jsm = yield* call("jetstream manager", () => jetstreamManager(nc, { timeout: 5_000 }))
     const js = jetstream(nc, { timeout: 5_000 })
     const kvm = new Kvm(js)
