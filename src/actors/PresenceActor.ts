@@ -11,9 +11,13 @@
  * - Slack's `presence`: `active` when online and neither away, else `away`.
  *
  * A gateway that stops reporting (its node was killed) is forgotten once its last full
- * report is older than the TTL, and its users with it. Every live gateway reports to
- * every shard each `presenceReportInterval` (even with no user there), so the actor
- * gets a message, and re-evaluates its users, at least that often: no timer is needed.
+ * report is older than the TTL, and its users with it. Each live gateway reports each
+ * `presenceReportInterval` to the shards where it has users, and the gateway of the
+ * node serving this shard reports to it even with none (in process: decision 0027), so
+ * the actor gets a message, and re-evaluates its users, at least that often: no timer
+ * is needed. A gateway with no users here goes quiet and is forgotten by TTL, with
+ * nothing to forget; its next report (a change or a full one) is taken as from a new
+ * gateway.
  *
  * What subscribers see changes only when `presence` does; changes are published after
  * the batch, one `presence_change` per presence value (the batched `users` form when

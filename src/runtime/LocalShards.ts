@@ -15,6 +15,8 @@ export interface LocalShardsShape {
    * shard is not served here, and nothing was done.
    */
   readonly request: (shard: number, data: Uint8Array, respond: (reply: Uint8Array) => void) => boolean
+  /** Whether this process serves `shard` now (a request to it would not go over NATS). */
+  readonly serves: (shard: number) => boolean
 }
 
 export class LocalShards extends Context.Tag("chorus/runtime/LocalShards")<LocalShards, LocalShardsShape>() {}

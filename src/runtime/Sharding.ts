@@ -304,7 +304,8 @@ export const make = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
           if (runner === undefined) return false
           runner.request(data, respond)
           return true
-        }
+        },
+        serves: (shard) => held.get(shard)?.runner !== undefined
       }
     } satisfies ShardingShape
   })

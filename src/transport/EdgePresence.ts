@@ -7,9 +7,10 @@
  * pongs) stay in the gateway, which closes a socket silent for longer than the TTL.
  * This service keeps, per user, the number of local sockets and the last activity,
  * and reports them to the presence actors, one message per shard:
- * - every `presenceReportInterval`, a full report per shard (the users still connected
- *   here; an empty one for a shard where there are none), which keeps them online at
- *   the actor and gives the actor its clock;
+ * - every `presenceReportInterval`, a full report to each shard where it has users (or
+ *   had, until one empty report says they are gone), which keeps them online at the
+ *   actor, and to each shard this node serves even with none (a local call, no NATS),
+ *   which gives the actor its clock (decision 0027);
  * - changes (first socket opened, last one closed, activity after a long idle) within
  *   `presenceFlushDelay`, as a change report of the shard's changed users.
  * Reports to one shard are sent one at a time, in order; a report that fails is
@@ -25,11 +26,12 @@
  * socket is told only what differs from what it was last told.
  */
 import type { Subscription } from "@nats-io/transport-node"
-import { Context, Duration, Effect, Either, Layer, Runtime } from "effect"
+import { Context, Duration, Effect, Either, Layer, Option, Runtime } from "effect"
 import { randomUUID } from "node:crypto"
 import type { Change, Presence, PresenceView } from "../actors/PresenceProtocol.ts"
 import { byShard, changesSubject, Get, parseChange, PresenceEntity, presenceChange, Report, shardActorId, shardOfUser } from "../actors/PresenceProtocol.ts"
 import { ChorusConfig } from "../config/ChorusConfig.ts"
+import { LocalShards } from "../runtime/LocalShards.ts"
 import { ShardingClient } from "../runtime/ShardingClient.ts"
 import { Nats } from "./Nats.ts"
 
@@ -71,8 +73,13 @@ interface ShardOut {
   /** Local users of the shard. */
   readonly users: Set<string>
   fullDue: boolean
+  /** When the last full report was sent (performance.now ms). */
+  lastFull: number
   inflight: boolean
-  /** Whether any report listed a user here (so the goodbye report matters). */
+  /**
+   * Whether the actor may count a user of this gateway here: some report listed one
+   * since the last full report that listed none (so an empty report still matters).
+   */
   reported: boolean
 }
 
@@ -88,6 +95,7 @@ export const make = Effect.gen(function*() {
   const config = yield* ChorusConfig
   const nats = yield* Nats
   const client = yield* ShardingClient
+  const localShards = Option.getOrUndefined(yield* Effect.serviceOption(LocalShards))
   const runtime = yield* Effect.runtime<never>()
   const runPromise = Runtime.runPromise(runtime)
   const runFork = Runtime.runFork(runtime)
@@ -109,6 +117,7 @@ export const make = Effect.gen(function*() {
     pending: new Set(),
     users: new Set(),
     fullDue: true,
+    lastFull: 0,
     inflight: false,
     reported: false
   }))
@@ -120,7 +129,10 @@ export const make = Effect.gen(function*() {
       if (l !== undefined) l.reportedActivity = l.lastActivity
       return { user, connections: l?.connections ?? 0, lastActivity: l?.lastActivity ?? 0 }
     })
-    if (entries.some((e) => e.connections > 0)) out[shard]!.reported = true
+    const listsSome = entries.some((e) => e.connections > 0)
+    // A full report replaces what the actor knew of this gateway: one that lists nobody
+    // leaves nothing there to keep online.
+    if (listsSome || full) out[shard]!.reported = listsSome
     return new Report({ gateway, boot, seq: ++seq, full, users: entries })
   }
 
@@ -128,8 +140,11 @@ export const make = Effect.gen(function*() {
     const s = out[shard]!
     if (s.inflight || closing) return
     let message: Report
-    if (s.fullDue) {
+    // A shard that went quiet (skipped by a tick) gets a full report, not a change: the
+    // actor may be about to forget this gateway, and a change alone would not renew it.
+    if (s.fullDue || (s.pending.size > 0 && performance.now() - s.lastFull > reportMs)) {
       s.fullDue = false
+      s.lastFull = performance.now()
       s.pending.clear()
       message = report(shard, true, [...s.users])
     } else if (s.pending.size > 0) {
@@ -169,10 +184,18 @@ export const make = Effect.gen(function*() {
     }
   }
 
+  // A full report each interval to the shards where this gateway has (or just had)
+  // users, and to those this node serves even with none: that one is a local call, and
+  // it is the actor's clock (decision 0027). An empty report over NATS to every other
+  // shard from every gateway was most of an idle cluster's traffic.
   const tick = setInterval(() => {
     for (let shard = 0; shard < shards; shard++) {
-      out[shard]!.fullDue = true
-      pump(shard)
+      const s = out[shard]!
+      // `fullDue` still set: the last full report failed and is owed.
+      if (s.fullDue || s.users.size > 0 || s.reported || localShards === undefined || localShards.serves(shard)) {
+        s.fullDue = true
+        pump(shard)
+      }
     }
   }, reportMs)
   tick.unref()

@@ -23,7 +23,9 @@ import { startCluster } from "../support/cluster.ts"
 import { sleep } from "../support/processes.ts"
 import { waitConverged } from "../support/runtime.ts"
 import { postApi } from "../support/http.ts"
+import { connect as natsConnect } from "@nats-io/transport-node"
 import { actorIdOfUser } from "../../src/actors/PresenceProtocol.ts"
+import { natsUrl } from "../support/services.ts"
 
 const TTL_MS = 3_000
 const REPORT_MS = 500
@@ -48,7 +50,7 @@ beforeAll(async () => {
     }
   })
   await waitConverged(cluster.nodes[0]!.url, cluster.operatorToken, ["node-1", "node-2"])
-  users = (await workspace(url(0), ["alice", "bob", "carol", "dave", "dana", "erin", "flood", "calm", "frank", "k1", "k2", "k3", "k4", "k5", "k6"])).users
+  users = (await workspace(url(0), ["alice", "bob", "carol", "dave", "dana", "erin", "flood", "calm", "frank", "k1", "k2", "k3", "k4", "k5", "k6", "idle1"])).users
   // Clients ping: a socket silent for the TTL is closed.
   pinger = setInterval(() => {
     for (const s of sockets) {
@@ -103,7 +105,45 @@ const raw = async (node: number, method: string, token: string, args: Record<str
   return { status: res.status, retryAfter: res.headers.get("retry-after"), body: (await res.json()) as Record<string, unknown> }
 }
 
+/** Presence reports sent over NATS during `ms`, by shard actor id (decision 0027). */
+const reportsOverNats = async (ms: number): Promise<Map<string, number>> => {
+  const nc = await natsConnect({ servers: natsUrl() })
+  try {
+    const seen = new Map<string, number>()
+    nc.subscribe(`${cluster.name}.req.>`, {
+      callback: (error, msg) => {
+        if (error !== null) return
+        const envelope = JSON.parse(msg.string()) as { to: string; msg: { _tag?: string } }
+        if (envelope.to.startsWith("presence/") && envelope.msg._tag === "Report") seen.set(envelope.to, (seen.get(envelope.to) ?? 0) + 1)
+      }
+    })
+    await nc.flush()
+    await sleep(ms)
+    return seen
+  } finally {
+    await nc.close()
+  }
+}
+
 describe("presence", () => {
+  // Runs first, before any socket of this file connects.
+  it("an idle gateway reports over NATS only to the shards where it has users; the serving node keeps each actor's clock in process", async () => {
+    // Four report intervals with no socket anywhere: every report is a local call.
+    expect([...(await reportsOverNats(4 * REPORT_MS))]).toEqual([])
+    // A user with a socket on each node: the node not serving the user's shard reports
+    // to it over NATS every interval, and to no other shard.
+    const a = await socketOf("idle1", 0)
+    const b = await socketOf("idle1", 1)
+    const reports = await reportsOverNats(4 * REPORT_MS)
+    expect([...reports.keys()]).toEqual([`presence/${actorIdOfUser(users["idle1"]!.id, 8)}`])
+    expect([...reports.values()][0]).toBeGreaterThanOrEqual(2)
+    // And the user is online, from either node.
+    await eventually(async () => (await presence("idle1", 1))["presence"] === "active", OFFLINE_BOUND_MS, "idle1 active")
+    a.close()
+    b.close()
+    await eventually(async () => (await presence("idle1", 0))["online"] === false, OFFLINE_BOUND_MS, "idle1 offline")
+  })
+
   it("a user with sockets on two nodes: active while either lives, away on setPresence away, offline once both are gone; only subscribers hear of it", async () => {
     const alice = users["alice"]!.id
     const watcher = await socketOf("bob", 0)
