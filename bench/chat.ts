@@ -87,6 +87,7 @@ const cluster = await startCluster({
 })
 const serverPids = () => [...cluster.nodes.map((n) => n.pid!).filter(Boolean), ...pidsOf("nats-server"), ...pidsOf("postgres")]
 const serverCpu = () => serverPids().reduce((sum, pid) => sum + cpuSecondsOf(pid), 0)
+const nodesCpu = () => cluster.nodes.map((n) => n.pid!).filter(Boolean).reduce((sum, pid) => sum + cpuSecondsOf(pid), 0)
 
 const sockets: Array<WebSocket> = []
 const rawSockets: Array<RawSocket> = []
@@ -294,6 +295,9 @@ try {
   const acked: Array<string> = []
   let ingestErrors = 0
   const ingestEnd = performance.now() + SECONDS * 1000
+  // CPU by side, to tell where an ingested message's cost is paid (and that the
+  // generator, on the same two cores, is not what limits the rate).
+  const ingestCpuBefore = { server: serverCpu(), nodes: nodesCpu(), generator: process.cpuUsage() }
   const ingestStart = performance.now()
   await Promise.all(ingestChannels.map(async (c, ci) => {
     for (let n = 0; performance.now() < ingestEnd; n++) {
@@ -313,6 +317,14 @@ try {
     }
   }))
   const ingestSeconds = (performance.now() - ingestStart) / 1000
+  const generatorUsage = process.cpuUsage(ingestCpuBefore.generator)
+  const perMessage = (seconds: number) => (seconds * 1e6) / Math.max(1, acked.length)
+  const nodesSeconds = nodesCpu() - ingestCpuBefore.nodes
+  const ingestCpu = {
+    nodes: perMessage(nodesSeconds),
+    natsPg: perMessage(serverCpu() - ingestCpuBefore.server - nodesSeconds),
+    generator: perMessage((generatorUsage.user + generatorUsage.system) / 1e6)
+  }
   const commits = await groupCommits(urls)
   const db = new pg.Client({ connectionString: cluster.databaseUrl })
   await db.connect()
@@ -327,8 +339,8 @@ try {
   )
   printTable(
     `bench:chat (b) ingest — ${CHANNELS} channels, one closed-loop sender socket each, ${SECONDS} s`,
-    ["persisted msg/s", "p50 ms", "p99 ms", "errors", "lost"],
-    [[acked.length / ingestSeconds, percentile(ackLatencies, 50), percentile(ackLatencies, 99), ingestErrors, lost]]
+    ["persisted msg/s", "p50 ms", "p99 ms", "errors", "lost", "nodes µs/msg", "NATS+PG µs/msg", "generator µs/msg"],
+    [[acked.length / ingestSeconds, percentile(ackLatencies, 50), percentile(ackLatencies, 99), ingestErrors, lost, Math.round(ingestCpu.nodes), Math.round(ingestCpu.natsPg), Math.round(ingestCpu.generator)]]
   )
   console.log(`group commits over the whole run (both nodes): ${commits.count} (${commits.oneTrip} in one round trip), ${commits.meanSize.toFixed(1)} actor batches each on average, ${(1000 * commits.meanSeconds).toFixed(1)} ms each on average, 99 % within ${commits.p99Bound}`)
   const round = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? null : Math.round(n * 100) / 100)
@@ -342,6 +354,9 @@ try {
     ingest_msgs_per_s: round(acked.length / ingestSeconds),
     ingest_p50_ms: round(percentile(ackLatencies, 50)),
     ingest_p99_ms: round(percentile(ackLatencies, 99)),
+    ingest_node_cpu_us_per_msg: round(ingestCpu.nodes),
+    ingest_nats_pg_cpu_us_per_msg: round(ingestCpu.natsPg),
+    ingest_generator_cpu_us_per_msg: round(ingestCpu.generator),
     lost
   }))
 } finally {
