@@ -17,6 +17,7 @@
 import { AckPolicy, DeliverPolicy, DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream"
 import { connect, createInbox, headers as natsHeaders } from "@nats-io/transport-node"
 import { spawn } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
 import { randomUUID } from "node:crypto"
 import { performance } from "node:perf_hooks"
 import { parseArgs } from "node:util"
@@ -45,48 +46,49 @@ const durable = values.durable === true
 const stream = `FLOOR_${prefix.slice("floor.".length).toUpperCase()}`
 const nc = await connect({ servers: url })
 const jsm = await jetstreamManager(nc)
-if (durable) {
-  await jsm.streams.add({
-    name: stream,
-    subjects: [`${prefix}.cmd.>`],
-    retention: RetentionPolicy.Workqueue,
-    storage: StorageType.File,
-    discard: DiscardPolicy.New,
-    duplicate_window: 120 * 1_000_000_000,
-    num_replicas: 1
-  })
-  for (let shard = 0; shard < 128; shard++) {
-    await jsm.consumers.add(stream, {
-      durable_name: `shard-${shard}`,
-      filter_subject: `${prefix}.cmd.${shard}`,
-      ack_policy: AckPolicy.Explicit,
-      deliver_policy: DeliverPolicy.All,
-      max_ack_pending: 512,
-      ack_wait: 30_000_000_000,
-      max_deliver: -1
-    })
-  }
-}
-const responders = [0, 1, 2].map((i) =>
-  durable
-    ? spawn(process.execPath, [
-      new URL("./natsFloorDurableResponder.mjs", import.meta.url).pathname,
-      url,
-      stream,
-      prefix,
-      String(i),
-      values["responder-burn-us"]!
-    ], { stdio: ["ignore", "pipe", "inherit"] })
-    : spawn(process.execPath, [
-    new URL("./natsFloorResponder.mjs", import.meta.url).pathname,
-    url,
-    prefix,
-    String(i),
-    values["responder-burn-us"]!,
-    values.effect ? "1" : "0"
-  ], { stdio: ["ignore", "pipe", "inherit"] })
-)
+let responders: Array<ChildProcess> = []
 try {
+  if (durable) {
+    await jsm.streams.add({
+      name: stream,
+      subjects: [`${prefix}.cmd.>`],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      discard: DiscardPolicy.New,
+      duplicate_window: 120 * 1_000_000_000,
+      num_replicas: 1
+    })
+    for (let shard = 0; shard < 128; shard++) {
+      await jsm.consumers.add(stream, {
+        durable_name: `shard-${shard}`,
+        filter_subject: `${prefix}.cmd.${shard}`,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        max_ack_pending: 512,
+        ack_wait: 30_000_000_000,
+        max_deliver: -1
+      })
+    }
+  }
+  responders = [0, 1, 2].map((i) =>
+    durable
+      ? spawn(process.execPath, [
+        new URL("./natsFloorDurableResponder.mjs", import.meta.url).pathname,
+        url,
+        stream,
+        prefix,
+        String(i),
+        values["responder-burn-us"]!
+      ], { stdio: ["ignore", "pipe", "inherit"] })
+      : spawn(process.execPath, [
+        new URL("./natsFloorResponder.mjs", import.meta.url).pathname,
+        url,
+        prefix,
+        String(i),
+        values["responder-burn-us"]!,
+        values.effect ? "1" : "0"
+      ], { stdio: ["ignore", "pipe", "inherit"] })
+  )
   await Promise.all(responders.map((r) => new Promise((resolve) => r.stdout!.once("data", resolve))))
   const inbox = createInbox()
   const pending = new Map<string, () => void>()
@@ -171,6 +173,8 @@ try {
   }))
 } finally {
   for (const r of responders) r.kill()
-  if (durable) await jsm.streams.delete(stream)
+  if (durable) {
+    await jsm.streams.delete(stream).catch((error: unknown) => console.error(`could not delete stream ${stream}: ${String(error)}`))
+  }
   await nc.close()
 }
