@@ -4,12 +4,16 @@
  * its shard's owner; a fourth node takes about a quarter of the shards, and the
  * shards that move, move to it.
  */
+import { connect } from "@nats-io/transport-node"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { wireClient } from "../../bench/wireClient.ts"
+import { Counter, Get, Increment } from "../../src/actors/Counter.ts"
 import type { ChorusCluster } from "../support/cluster.ts"
 import * as Ring from "../../src/runtime/Ring.ts"
 import { startCluster } from "../support/cluster.ts"
 import { postApi } from "../support/http.ts"
 import { ringOwners, waitConverged } from "../support/runtime.ts"
+import { natsUrl } from "../support/services.ts"
 
 let cluster: ChorusCluster
 
@@ -44,6 +48,25 @@ describe("placement", () => {
     const again = await postApi(cluster.nodes[2]!.url, "cluster.probe", { counter: "idem", amount: 5, command_id: "same-1" }, token)
     expect(first).toMatchObject({ ok: true, value: 5, fresh: true })
     expect(again).toMatchObject({ ok: true, value: 5, fresh: false })
+  })
+
+  it("bench:runtime's wire client speaks the protocol the nodes answer, volatile and durable (decision 0024)", async () => {
+    const nc = await connect({ servers: natsUrl() })
+    const wire = wireClient(nc, { cluster: cluster.name, shards: 128 })
+    try {
+      const token = cluster.operatorToken
+      await wire.send(Counter, "wire", new Increment({ amount: 2 }), "durable")
+      await wire.send(Counter, "wire", new Increment({ amount: 3 }), "volatile")
+      await wire.send(Counter, "wire", new Get(), "durable")
+      await wire.send(Counter, "wire", new Get(), "volatile")
+      // Both increments were applied: the next one through a node sees 2 + 3 + 1.
+      expect(await postApi(cluster.nodes[0]!.url, "cluster.probe", { counter: "wire", amount: 1 }, token)).toMatchObject({ ok: true, value: 6, fresh: true })
+      // An actor type no node serves is an error, not a hang.
+      await expect(wire.send({ ...Counter, type: "nobody" }, "x", new Get(), "volatile")).rejects.toThrow(/runtime error/)
+    } finally {
+      wire.close()
+      await nc.close()
+    }
   })
 
   it("refuses the operator methods without the operator token", async () => {
