@@ -57,6 +57,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "1" }
   }
 })
+if (values.client !== "wire" && values.client !== "effect") throw new Error(`--client must be wire or effect, not ${values.client}`)
 const phases = new Set(values.only!.split(","))
 const rate = Number(values.rate)
 let seconds = Number(values.seconds)
@@ -68,7 +69,6 @@ const cluster = await startCluster({
   env: { CHORUS_SHARDS: String(shards), CHORUS_DB_POOL: "12", CHORUS_LOG_LEVEL: "WARN" }
 })
 const client = await runtimeClient({ natsUrl: natsUrl(), cluster: cluster.name, shards })
-if (values.client !== "wire" && values.client !== "effect") throw new Error(`--client must be wire or effect, not ${values.client}`)
 const wireConnection = await connect({ servers: natsUrl(), name: "bench-wire-client" })
 const wire = wireClient(wireConnection, { cluster: cluster.name, shards })
 try {

@@ -68,7 +68,12 @@ export const wireClient = (nc: NatsConnection, options: { readonly cluster: stri
       if (entry === undefined) return
       if (msg.data.length === 0) return fail(token, entry, `no responder (status ${msg.headers?.code ?? "?"})`)
       if (isAck) {
-        const ack: unknown = JSON.parse(decoder.decode(msg.data))
+        let ack: unknown
+        try {
+          ack = JSON.parse(decoder.decode(msg.data))
+        } catch (error) {
+          return fail(token, entry, `publish answer is not JSON: ${String(error)}`)
+        }
         if (typeof ack === "object" && ack !== null && "error" in ack) return fail(token, entry, `publish refused: ${JSON.stringify(ack.error)}`)
         return answered(token, entry)
       }

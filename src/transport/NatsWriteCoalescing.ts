@@ -16,7 +16,6 @@
 import type { NatsConnection } from "@nats-io/transport-node"
 
 interface OutboundBuffer {
-  readonly length: () => number
   readonly size: () => number
   readonly fill: (data: Uint8Array, ...payloads: Array<Uint8Array>) => unknown
 }
@@ -34,7 +33,7 @@ const isProtocolHandler = (value: unknown): value is ProtocolHandler => {
   const outbound = p["outbound"] as Record<string, unknown> | undefined
   return typeof p["sendCommand"] === "function" && typeof p["flushPending"] === "function" &&
     typeof p["pendingLimit"] === "number" && typeof outbound === "object" && outbound !== null &&
-    typeof outbound["length"] === "function" && typeof outbound["size"] === "function" && typeof outbound["fill"] === "function"
+    typeof outbound["size"] === "function" && typeof outbound["fill"] === "function"
 }
 
 const encoder = new TextEncoder()
