@@ -44,17 +44,22 @@ const received = async (nc: NatsConnection, subject: string, count: number) => {
   }
 }
 
+/** A patched publisher, a subscriber collecting `count` messages on a fresh subject, and the publisher's write count. */
+const patchedPair = async (count: number) => {
+  const subscriber = await open()
+  const publisher = await open()
+  expect(coalesceWrites(publisher)).toBe(true)
+  const subject = `coalesce.${randomUUID()}`
+  const collect = await received(subscriber, subject, count)
+  return { publisher, subject, collect, counter: countWrites(publisher) }
+}
+
 it("recognises the nats.js connection it patches", async () => {
   expect(coalesceWrites(await open())).toBe(true)
 })
 
 it("sends the publishes of one turn in one write, in order", async () => {
-  const subscriber = await open()
-  const publisher = await open()
-  expect(coalesceWrites(publisher)).toBe(true)
-  const subject = `coalesce.${randomUUID()}`
-  const collect = await received(subscriber, subject, 20)
-  const counter = countWrites(publisher)
+  const { publisher, subject, collect, counter } = await patchedPair(20)
   // Twenty publishes, each from its own microtask (as fibers resume), in one turn.
   await new Promise<void>((resolve) => {
     let chain = Promise.resolve()
@@ -66,12 +71,7 @@ it("sends the publishes of one turn in one write, in order", async () => {
 })
 
 it("writes a buffer past the pending limit at once, and flush still round-trips", async () => {
-  const subscriber = await open()
-  const publisher = await open()
-  expect(coalesceWrites(publisher)).toBe(true)
-  const subject = `coalesce.${randomUUID()}`
-  const collect = await received(subscriber, subject, 3)
-  const counter = countWrites(publisher)
+  const { publisher, subject, collect, counter } = await patchedPair(3)
   const big = "x".repeat(64 * 1024) // the client's pending limit is 32 KiB
   publisher.publish(subject, big)
   expect(counter.writes).toBe(1) // synchronously, not at the end of the turn
