@@ -511,13 +511,20 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
     }
     /** A text frame to one socket. */
     const send = (conn: Conn, data: Bytes): boolean => sendFrame(conn, WireFrame.textFrame(data))
-    /** A reply to the client's own frame: never held back, and after what is held. */
+    /**
+     * A reply to the client's own frame: never held back, and written in one system call
+     * with what is held (it goes after it, so order is kept).
+     */
     const reply = (conn: Conn, data: Bytes): boolean => {
       if (!writable(conn)) return false
-      const now = performance.now()
-      writeHeld(conn, now)
-      conn.ws.send(data, { binary: false })
-      conn.lastWrite = now
+      if (socketOf(conn) === undefined || conn.ws.readyState !== conn.ws.OPEN) {
+        closedByClient(conn, undefined)
+        return false
+      }
+      const frame = WireFrame.textFrame(data)
+      conn.held.push(frame)
+      conn.heldBytes += frame.byteLength
+      writeHeld(conn, performance.now())
       return true
     }
 
@@ -1023,7 +1030,6 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       for (const [data, event] of backlog) queueUserEvent(conn, data, event)
     }
 
-    /** Forgets a closing socket: its attachments (and feeds nobody else needs) and its user subscription. */
     /** The client closed (or is closing) its socket: nothing more goes to it. */
     const closedByClient = (conn: Conn, code: number | undefined) => {
       if (conn.closed) return
@@ -1033,6 +1039,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       release(conn)
     }
 
+    /** Forgets a closing socket: its attachments (and feeds nobody else needs) and its user subscription. */
     const release = (conn: Conn) => {
       if (conn.holdTimer !== undefined) clearTimeout(conn.holdTimer)
       conn.holdTimer = undefined
@@ -1160,6 +1167,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
       }
     }
 
+    // Not validated here: the channel actor decodes (and so validates) every request it takes.
     const toPost = (conn: Conn, frame: Protocol.MessageFrame) =>
       new PostMessage({
         user: conn.user,
@@ -1168,7 +1176,7 @@ export const make = (server: Http.Server, options: Partial<GatewayOptions> = {})
         ...(frame.thread_ts === undefined ? {} : { thread_ts: frame.thread_ts }),
         ...(frame.reply_broadcast === undefined ? {} : { reply_broadcast: frame.reply_broadcast }),
         ...(frame.client_msg_id === undefined ? {} : { client_msg_id: frame.client_msg_id })
-      })
+      }, true)
 
     type PostFailure = P.ChannelError | DeliveryError | { readonly _tag: "Defect"; readonly defect: unknown }
 
