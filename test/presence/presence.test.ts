@@ -21,10 +21,10 @@ import { connect, on, workspace } from "../support/chat.ts"
 import type { ChorusCluster } from "../support/cluster.ts"
 import { startCluster } from "../support/cluster.ts"
 import { sleep } from "../support/processes.ts"
-import { waitConverged } from "../support/runtime.ts"
+import { ringOwners, waitConverged } from "../support/runtime.ts"
 import { postApi } from "../support/http.ts"
 import { connect as natsConnect } from "@nats-io/transport-node"
-import { actorIdOfUser } from "../../src/actors/PresenceProtocol.ts"
+import { actorIdOfUser, shardOfUser } from "../../src/actors/PresenceProtocol.ts"
 import { natsUrl } from "../support/services.ts"
 
 const TTL_MS = 3_000
@@ -50,7 +50,7 @@ beforeAll(async () => {
     }
   })
   await waitConverged(cluster.nodes[0]!.url, cluster.operatorToken, ["node-1", "node-2"])
-  users = (await workspace(url(0), ["alice", "bob", "carol", "dave", "dana", "erin", "flood", "calm", "frank", "k1", "k2", "k3", "k4", "k5", "k6", "idle1"])).users
+  users = (await workspace(url(0), ["alice", "bob", "carol", "dave", "dana", "erin", "flood", "calm", "frank", "k1", "k2", "k3", "k4", "k5", "k6", "idle1", "quiet1"])).users
   // Clients ping: a socket silent for the TTL is closed.
   pinger = setInterval(() => {
     for (const s of sockets) {
@@ -105,24 +105,40 @@ const raw = async (node: number, method: string, token: string, args: Record<str
   return { status: res.status, retryAfter: res.headers.get("retry-after"), body: (await res.json()) as Record<string, unknown> }
 }
 
-/** Presence reports sent over NATS during `ms`, by shard actor id (decision 0027). */
-const reportsOverNats = async (ms: number): Promise<Map<string, number>> => {
+interface SniffedReport {
+  readonly to: string
+  readonly full: boolean
+  readonly users: ReadonlyArray<{ readonly user: string; readonly connections: number }>
+}
+
+/** Records the presence reports sent over NATS (decision 0027), in order, until `stop`. */
+const sniffReports = async () => {
   const nc = await natsConnect({ servers: natsUrl() })
-  try {
-    const seen = new Map<string, number>()
-    nc.subscribe(`${cluster.name}.req.>`, {
-      callback: (error, msg) => {
-        if (error !== null) return
-        const envelope = JSON.parse(msg.string()) as { to: string; msg: { _tag?: string } }
-        if (envelope.to.startsWith("presence/") && envelope.msg._tag === "Report") seen.set(envelope.to, (seen.get(envelope.to) ?? 0) + 1)
+  const seen: Array<SniffedReport> = []
+  nc.subscribe(`${cluster.name}.req.>`, {
+    callback: (error, msg) => {
+      if (error !== null) return
+      const envelope = JSON.parse(msg.string()) as { to: string; msg: { _tag?: string; full?: boolean; users?: SniffedReport["users"] } }
+      if (envelope.to.startsWith("presence/") && envelope.msg._tag === "Report") {
+        seen.push({ to: envelope.to, full: envelope.msg.full === true, users: envelope.msg.users ?? [] })
       }
-    })
-    await nc.flush()
+    }
+  })
+  await nc.flush()
+  return { seen, stop: () => nc.close() }
+}
+
+/** Presence reports sent over NATS during `ms`, by shard actor id. */
+const reportsOverNats = async (ms: number): Promise<Map<string, number>> => {
+  const sniffer = await sniffReports()
+  try {
     await sleep(ms)
-    return seen
   } finally {
-    await nc.close()
+    await sniffer.stop()
   }
+  const counts = new Map<string, number>()
+  for (const report of sniffer.seen) counts.set(report.to, (counts.get(report.to) ?? 0) + 1)
+  return counts
 }
 
 describe("presence", () => {
@@ -146,6 +162,31 @@ describe("presence", () => {
     a.close()
     b.close()
     await eventually(async () => (await presence("idle1", 0))["online"] === false, OFFLINE_BOUND_MS, "idle1 offline")
+  })
+
+  it("a user arriving at a gateway that was quiet toward their shard is reported in full, so the actor renews that gateway", async () => {
+    const quiet = users["quiet1"]!
+    const shard = shardOfUser(quiet.id, 8)
+    const actor = `presence/${actorIdOfUser(quiet.id, 8)}`
+    // The node not serving the user's shard: its reports go over NATS, where they are seen.
+    const owners = await ringOwners(url(0), cluster.operatorToken)
+    const remote = owners[shard] === cluster.nodes[0]!.id ? 1 : 0
+    const sniffer = await sniffReports()
+    try {
+      // Quiet: that gateway sends the shard nothing for two intervals (nobody of it is there).
+      await sleep(2 * REPORT_MS)
+      expect(sniffer.seen.filter((r) => r.to === actor)).toEqual([])
+      await socketOf("quiet1", remote)
+      await eventually(async () => sniffer.seen.some((r) => r.to === actor), OFFLINE_BOUND_MS, "a report of quiet1")
+      // A change alone would leave the actor counting the gateway from its last full
+      // report, long ago: it could forget it, and the user, before the next interval.
+      const first = sniffer.seen.find((r) => r.to === actor)!
+      expect(first.full).toBe(true)
+      expect(first.users).toEqual([expect.objectContaining({ user: quiet.id, connections: 1 })])
+    } finally {
+      await sniffer.stop()
+    }
+    await eventually(async () => (await presence("quiet1", 0))["presence"] === "active", OFFLINE_BOUND_MS, "quiet1 active")
   })
 
   it("a user with sockets on two nodes: active while either lives, away on setPresence away, offline once both are gone; only subscribers hear of it", async () => {
