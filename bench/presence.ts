@@ -27,7 +27,7 @@ import pg from "pg"
 import WebSocket from "ws"
 import * as Tokens from "../src/auth/Tokens.ts"
 import * as Ids from "../src/domain/Ids.ts"
-import { cpuSecondsOf, pidsOf } from "./processCpu.ts"
+import { cpuSecondsOf, cpuSince, cpuSnapshot, pidsOf } from "./processCpu.ts"
 import { percentile, printTable } from "./report.ts"
 
 const { values } = parseArgs({
@@ -267,7 +267,7 @@ const runMain = async () => {
     }, 20_000)
 
     // ---- steady state, then changes ----------------------------------------------------
-    const sharedCpu = () => [...pidsOf("nats-server"), ...pidsOf("postgres")].reduce((sum, pid) => sum + cpuSecondsOf(pid), 0)
+    const sharedPids = () => [...pidsOf("nats-server"), ...pidsOf("postgres")]
     const idleWindow = 10
     const idleBefore = nodeCpu()
     await sleep(idleWindow * 1_000)
@@ -279,7 +279,7 @@ const runMain = async () => {
     const manual: Array<{ user: string; presence: "active" | "away"; at: number }> = []
     const manualAway = new Set<number>()
     const cpuBefore = nodeCpu()
-    const sharedBefore = sharedCpu()
+    const sharedBefore = cpuSnapshot(sharedPids())
     const started = Date.now()
     let made = 0
     while (Date.now() - started < SECONDS * 1_000) {
@@ -320,7 +320,7 @@ const runMain = async () => {
     }
     const elapsed = (Date.now() - started) / 1000
     const cpuPct = ((nodeCpu() - cpuBefore) / elapsed) * 100
-    const sharedPct = ((sharedCpu() - sharedBefore) / elapsed) * 100
+    const sharedPct = (cpuSince(sharedBefore, sharedPids()) / elapsed) * 100
     await sleep(3_000)
     recording = false
     clearInterval(observerPinger)

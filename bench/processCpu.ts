@@ -23,3 +23,15 @@ export const pidsOf = (name: string): Array<number> => {
     return []
   }
 }
+
+/** Each process's CPU seconds now, to measure from (`cpuSince`). */
+export const cpuSnapshot = (pids: ReadonlyArray<number>): ReadonlyMap<number, number> => new Map(pids.map((pid) => [pid, cpuSecondsOf(pid)]))
+
+/**
+ * CPU seconds `pids` used since `before`: a process seen then counts its difference, one
+ * started since counts all it used. One that exited in between took its figures with it:
+ * an undercount, never a wrong sign (summing totals before and after would subtract an
+ * exited PostgreSQL backend's whole life).
+ */
+export const cpuSince = (before: ReadonlyMap<number, number>, pids: ReadonlyArray<number>): number =>
+  pids.reduce((sum, pid) => sum + Math.max(0, cpuSecondsOf(pid) - (before.get(pid) ?? 0)), 0)

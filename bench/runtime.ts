@@ -34,7 +34,7 @@ import { ShardingClient } from "../src/runtime/ShardingClient.ts"
 import { startCluster } from "../test/support/cluster.ts"
 import { counterPerShard, runtimeClient, waitConverged } from "../test/support/runtime.ts"
 import { natsUrl } from "../test/support/services.ts"
-import { cpuSecondsOf, pidsOf } from "./processCpu.ts"
+import { cpuSecondsOf, cpuSince, cpuSnapshot, pidsOf } from "./processCpu.ts"
 import { percentile, printTable } from "./report.ts"
 import { wireClient } from "./wireClient.ts"
 
@@ -81,20 +81,19 @@ try {
   // during a phase takes its figures with it (an undercount, not a wrong sign).
   const nodePids = cluster.nodes.map((n) => n.pid!).filter(Boolean)
   type Cpu = { readonly nodes: number; readonly services: ReadonlyMap<number, number>; readonly generator: number }
+  const servicePids = () => [...pidsOf("nats-server"), ...pidsOf("postgres")]
   const cpuNow = (): Cpu => {
     const usage = process.cpuUsage()
     return {
       nodes: nodePids.reduce((sum, pid) => sum + cpuSecondsOf(pid), 0),
-      services: new Map([...pidsOf("nats-server"), ...pidsOf("postgres")].map((pid) => [pid, cpuSecondsOf(pid)])),
+      services: cpuSnapshot(servicePids()),
       generator: (usage.user + usage.system) / 1e6
     }
   }
   const cpuPerCommand = (before: Cpu, commands: number) => {
     const after = cpuNow()
     const us = (s: number) => commands > 0 ? (s * 1e6) / commands : NaN
-    let services = 0
-    for (const [pid, seconds] of after.services) services += seconds - (before.services.get(pid) ?? 0)
-    return { nodes: us(after.nodes - before.nodes), services: us(services), generator: us(after.generator - before.generator) }
+    return { nodes: us(after.nodes - before.nodes), services: us(cpuSince(before.services, [...after.services.keys()])), generator: us(after.generator - before.generator) }
   }
   // The generator's own GC pauses, to tell how much of a fixed-rate phase's tail is
   // this process's (a request in flight during one of its pauses waits it out).
