@@ -9,6 +9,7 @@
  * node holds its leases while `leaseValid` is true.
  */
 import { Context, Duration, Effect, Layer, Ref, Schedule, SubscriptionRef } from "effect"
+import type { Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { performance } from "node:perf_hooks"
 import { ChorusConfig } from "../config/ChorusConfig.ts"
@@ -46,8 +47,10 @@ export interface MembershipView {
 
 export interface MembershipShape {
   readonly self: { readonly id: string; readonly incarnation: string }
-  /** The current view, and its changes (only when the live set or weights change). */
-  readonly view: SubscriptionRef.SubscriptionRef<MembershipView>
+  /** The current view (its records at most 100 ms old). */
+  readonly view: Effect.Effect<MembershipView>
+  /** The view now, then each time the live set, a state or a weight changes. */
+  readonly changes: Stream.Stream<MembershipView>
   /** Whether a node (incarnation) counts as live now. */
   readonly isLive: (node: string, incarnation: string) => Effect.Effect<boolean>
   /** True while this node's own heartbeat is fresh enough for it to serve its shards. */
@@ -98,17 +101,19 @@ export const make = Effect.gen(function*() {
     const live = [...records.values()].filter((r) => isFresh(r, ref)).sort((a, b) => a.id.localeCompare(b.id))
     return { nodes: new Map(records), live, placeable: live.filter((r) => r.state === "up") }
   }
-  const view = yield* SubscriptionRef.make(deriveView(Date.now()))
+  const initial = deriveView(Date.now())
+  /** The latest view, for reads. */
+  const latest = yield* Ref.make(initial)
+  /** The last view that changed something, for subscribers. (`Ref.set` on a
+   *  SubscriptionRef publishes too: the fresh records go to `latest` alone.) */
+  const published = yield* SubscriptionRef.make(initial)
 
   const publish = Effect.gen(function*() {
     const next = deriveView(Date.now())
-    const current = yield* SubscriptionRef.get(view)
-    if (signature(next) !== signature(current)) {
+    yield* Ref.set(latest, next)
+    if (signature(next) !== signature(yield* SubscriptionRef.get(published))) {
       yield* Effect.logInfo("membership changed", { live: next.live.map((n) => `${n.id}(${n.state})`) })
-      yield* SubscriptionRef.set(view, next)
-    } else {
-      // Keep the records fresh for status queries without waking subscribers.
-      yield* Ref.set(view, next)
+      yield* SubscriptionRef.set(published, next)
     }
   })
 
@@ -197,7 +202,8 @@ export const make = Effect.gen(function*() {
 
   return {
     self,
-    view,
+    view: Ref.get(latest),
+    changes: published.changes,
     isLive,
     leaseValid: Effect.sync(() => performance.now() - lastGoodBeat < validMs),
     setState: (state) => Ref.update(own, (o) => ({ ...o, state })),

@@ -179,7 +179,7 @@ export const make = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
         }
         return
       }
-      const view = yield* membership.view.get
+      const view = yield* membership.view
       const ring = ringOf(view)
       const desired = new Set<number>(Ring.shardsOf(ring, self.id))
       const toRelease = [...held.keys()].filter((s) => !desired.has(s))
@@ -209,7 +209,7 @@ export const make = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
         Effect.forever
       )
     )
-    yield* Effect.forkScoped(Stream.runForEach(membership.view.changes, () => kick))
+    yield* Effect.forkScoped(Stream.runForEach(membership.changes, () => kick))
     yield* Effect.forkScoped(
       Effect.gen(function*() {
         const iterator = yield* nats.call("lease watch", () => nats.leases.watch({ include: "updates" as never }))
@@ -292,8 +292,8 @@ export const make = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
     )
 
     return {
-      ring: Effect.map(membership.view.get, ringOf),
-      view: membership.view.get,
+      ring: Effect.map(membership.view, ringOf),
+      view: membership.view,
       held: held_,
       drain,
       draining: Ref.get(drainingRef),
