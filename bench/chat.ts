@@ -248,7 +248,7 @@ try {
     let sent = 0
     const acks: Array<Promise<string>> = []
     while (sent < total) {
-      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate))
+      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1)
       for (; sent < due; sent++) {
         const id = frameId++
         acks.push(new Promise((resolve) => replies.set(id, resolve)))
@@ -347,7 +347,9 @@ try {
     const start = performance.now()
     let sent = 0
     while (sent < total) {
-      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate))
+      // Message k is due at k/rate: by time t, floor(t·rate) + 1 of them (without the + 1
+      // each was sent a period late and its latency, counted from its due time, one period long).
+      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1)
       for (; sent < due; sent++) {
         const dueAt = start + (sent / rate) * 1000
         pending.push(post(sent % ingestChannels.length).then((ok) => {

@@ -111,7 +111,9 @@ try {
     const generatorBefore = process.cpuUsage()
     const start = performance.now()
     for (let sent = 0; sent < total;) {
-      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate))
+      // Message k is due at k/rate: by time t, floor(t·rate) + 1 of them (without the + 1
+      // each was sent a period late and its latency, counted from its due time, one period long).
+      const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1)
       for (; sent < due; sent++) {
         const dueAt = start + (sent / rate) * 1000
         const until = performance.now() + generatorBurnMs

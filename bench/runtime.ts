@@ -141,7 +141,9 @@ try {
     let sent = 0
     while (sent < total) {
       const now = performance.now()
-      const due = Math.min(total, Math.floor(((now - start) / 1000) * offered))
+      // Message k is due at k/rate: by time t, floor(t·rate) + 1 of them (without the + 1
+      // each was sent a period late and its latency, counted from its due time, one period long).
+      const due = Math.min(total, Math.floor(((now - start) / 1000) * offered) + 1)
       for (; sent < due; sent++) {
         const dueAt = start + (sent / offered) * 1000
         outstanding++
