@@ -30,7 +30,12 @@ export const startProbeCluster = async (options: {
 }): Promise<ProbeCluster> => {
   const nats = options.natsUrl ?? sharedNatsUrl()
   const cluster = await startCluster({ nodes: 3, env: { CHORUS_SHARDS: String(options.shards), NATS_URL: nats } })
-  await waitConverged(cluster.nodes[0]!.url, cluster.operatorToken, ["node-1", "node-2", "node-3"])
+  // The caller gets nothing to stop if this fails: stop it here, or its database and
+  // streams stay on the shared servers.
+  await waitConverged(cluster.nodes[0]!.url, cluster.operatorToken, ["node-1", "node-2", "node-3"]).catch(async (error: unknown) => {
+    await cluster.stopAll()
+    throw error
+  })
   const client = await runtimeClient({ natsUrl: nats, cluster: cluster.name, shards: options.shards, requestDeadlineMs: options.requestDeadlineMs ?? 25_000 })
   const db = new pg.Client({ connectionString: cluster.databaseUrl })
   await db.connect()
