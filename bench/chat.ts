@@ -26,7 +26,7 @@
  */
 import { Effect, Layer, ManagedRuntime, Redacted } from "effect"
 import { performance } from "node:perf_hooks"
-import { cpuSince, cpuSnapshot, pidsOf } from "./processCpu.ts"
+import { cpuSince, cpuSnapshot, pidsOf, wakesSince, wakesSnapshot } from "./processCpu.ts"
 import { parseArgs } from "node:util"
 import pg from "pg"
 import WebSocket from "ws"
@@ -319,7 +319,13 @@ try {
   }
   // CPU by side, to tell where an ingested message's cost is paid (and that the
   // generator, on the same two cores, is not what limits the rate).
-  const cpuMark = () => ({ nodes: cpuSnapshot(nodePids()), nats: cpuSnapshot(pidsOf("nats-server")), pg: cpuSnapshot(pidsOf("postgres")), generator: process.cpuUsage() })
+  const cpuMark = () => ({
+    nodes: cpuSnapshot(nodePids()),
+    nats: cpuSnapshot(pidsOf("nats-server")),
+    pg: cpuSnapshot(pidsOf("postgres")),
+    generator: process.cpuUsage(),
+    wakes: wakesSnapshot(serverPids())
+  })
   const cpuPerMessage = (before: ReturnType<typeof cpuMark>, messages: number) => {
     const generatorUsage = process.cpuUsage(before.generator)
     const perMessage = (seconds: number) => (seconds * 1e6) / Math.max(1, messages)
@@ -327,7 +333,9 @@ try {
       nodes: perMessage(cpuSince(before.nodes, nodePids())),
       nats: perMessage(cpuSince(before.nats, pidsOf("nats-server"))),
       pg: perMessage(cpuSince(before.pg, pidsOf("postgres"))),
-      generator: perMessage((generatorUsage.user + generatorUsage.system) / 1e6)
+      generator: perMessage((generatorUsage.user + generatorUsage.system) / 1e6),
+      /** Server-side wake-ups (nodes, nats-server, PostgreSQL) per message. */
+      wakes: wakesSince(before.wakes, serverPids()) / Math.max(1, messages)
     }
   }
   // Every channel's actor activated first: a first message pays for it.
@@ -373,7 +381,7 @@ try {
       const result = await ingestStep(rate, INGEST_STEP)
       step = { ...result, pass: result.errors === 0 && result.p99 < 100 }
       ingestSteps.push(step)
-      console.log(`ingest ${rate} msg/s: ${result.achieved.toFixed(0)}/s acknowledged, p50 ${result.p50.toFixed(1)} ms, p99 ${result.p99.toFixed(1)} ms, ${result.errors} errors, nodes ${result.cpu.nodes.toFixed(0)} µs/msg`)
+      console.log(`ingest ${rate} msg/s: ${result.achieved.toFixed(0)}/s acknowledged, p50 ${result.p50.toFixed(1)} ms, p99 ${result.p99.toFixed(1)} ms, ${result.errors} errors, nodes ${result.cpu.nodes.toFixed(0)} µs/msg, ${result.cpu.wakes.toFixed(1)} server wake-ups/msg`)
       if (step.pass || result.errors > 0) break
     }
     if (!step!.pass) break
@@ -409,13 +417,13 @@ try {
   )
   printTable(
     `bench:chat (b) ingest — ${CHANNELS} channels, open loop at rising rates, ${INGEST_STEP} s per step (pass: p99 ack < 100 ms, no error)`,
-    ["offered msg/s", "acknowledged/s", "p50 ms", "p99 ms", "errors", "nodes µs/msg", "NATS µs/msg", "PG µs/msg", "generator µs/msg", "pass"],
-    ingestSteps.map((s) => [s.rate, s.achieved, s.p50, s.p99, s.errors, Math.round(s.cpu.nodes), Math.round(s.cpu.nats), Math.round(s.cpu.pg), Math.round(s.cpu.generator), s.pass])
+    ["offered msg/s", "acknowledged/s", "p50 ms", "p99 ms", "errors", "nodes µs/msg", "NATS µs/msg", "PG µs/msg", "generator µs/msg", "server wake-ups/msg", "pass"],
+    ingestSteps.map((s) => [s.rate, s.achieved, s.p50, s.p99, s.errors, Math.round(s.cpu.nodes), Math.round(s.cpu.nats), Math.round(s.cpu.pg), Math.round(s.cpu.generator), s.cpu.wakes, s.pass])
   )
   printTable(
     `bench:chat (b) ingest at saturation — ${CHANNELS} closed-loop senders, one message in flight each, ${SECONDS} s`,
-    ["persisted msg/s", "p50 ms", "p99 ms", "errors", "lost (whole run)", "nodes µs/msg", "NATS µs/msg", "PG µs/msg", "generator µs/msg"],
-    [[satLatencies.length / satSeconds, percentile(satLatencies, 50), percentile(satLatencies, 99), satErrors, lost, Math.round(ingestCpu.nodes), Math.round(ingestCpu.nats), Math.round(ingestCpu.pg), Math.round(ingestCpu.generator)]]
+    ["persisted msg/s", "p50 ms", "p99 ms", "errors", "lost (whole run)", "nodes µs/msg", "NATS µs/msg", "PG µs/msg", "generator µs/msg", "server wake-ups/msg"],
+    [[satLatencies.length / satSeconds, percentile(satLatencies, 50), percentile(satLatencies, 99), satErrors, lost, Math.round(ingestCpu.nodes), Math.round(ingestCpu.nats), Math.round(ingestCpu.pg), Math.round(ingestCpu.generator), ingestCpu.wakes]]
   )
   console.log(`group commits over the whole run (both nodes): ${commits.count} (${commits.oneTrip} in one round trip), ${commits.meanSize.toFixed(1)} actor batches each on average, ${(1000 * commits.meanSeconds).toFixed(1)} ms each on average, 99 % within ${commits.p99Bound}`)
   const round = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? null : Math.round(n * 100) / 100)
@@ -437,6 +445,7 @@ try {
     ingest_nats_cpu_us_per_msg: round(ingestCpu.nats),
     ingest_pg_cpu_us_per_msg: round(ingestCpu.pg),
     ingest_generator_cpu_us_per_msg: round(ingestCpu.generator),
+    ingest_server_wakeups_per_msg: round(ingestCpu.wakes),
     lost
   }))
 } finally {
