@@ -8,33 +8,38 @@
  * The same heartbeat renews all of this node's shard leases (see ShardLeases): the
  * node holds its leases while `leaseValid` is true.
  */
-import { Context, Duration, Effect, Layer, Ref, Schedule, SubscriptionRef } from "effect"
+import { Cause, Context, Duration, Effect, Either, Layer, Ref, Schedule, Schema, SubscriptionRef } from "effect"
 import type { Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { performance } from "node:perf_hooks"
 import { ChorusConfig } from "../config/ChorusConfig.ts"
 import { Nats } from "../transport/Nats.ts"
 
-export type NodeState = "up" | "draining"
+const NodeStateSchema = Schema.Literal("up", "draining")
+export type NodeState = typeof NodeStateSchema.Type
 
-export interface NodeStats {
-  readonly shards: number
-  readonly actors: number
+const NodeStatsSchema = Schema.Struct({
+  shards: Schema.Number,
+  actors: Schema.Number,
   /** Messages handled per second, averaged over the last few seconds. */
-  readonly messagesPerSecond: number
-}
+  messagesPerSecond: Schema.Number
+})
+export type NodeStats = typeof NodeStatsSchema.Type
 
-export interface NodeRecord {
-  readonly id: string
-  readonly incarnation: string
-  readonly url: string
-  readonly weight: number
-  readonly state: NodeState
+/** A node's heartbeat record in the nodes bucket. */
+const NodeRecordSchema = Schema.Struct({
+  id: Schema.String,
+  incarnation: Schema.String,
+  url: Schema.String,
+  weight: Schema.Number,
+  state: NodeStateSchema,
   /** Sender's wall clock at the heartbeat, ms. */
-  readonly heartbeatAt: number
-  readonly startedAt: number
-  readonly stats: NodeStats
-}
+  heartbeatAt: Schema.Number,
+  startedAt: Schema.Number,
+  stats: NodeStatsSchema
+})
+export type NodeRecord = typeof NodeRecordSchema.Type
+const decodeNodeRecord = Schema.decodeUnknownEither(Schema.parseJson(NodeRecordSchema))
 
 export interface MembershipView {
   /** Every record in the bucket, live or not, by node id. */
@@ -134,8 +139,10 @@ export const make = Effect.gen(function*() {
     lastGoodBeat = Math.max(lastGoodBeat, sentAt)
   })
 
+  // The loops below must outlive any one failure, defects included: a loop that died
+  // would leave this node's view (or its heartbeat) frozen, silently.
   const heartbeatLoop = beat.pipe(
-    Effect.catchAll((error) => Effect.logWarning("heartbeat failed", { error: error.message })),
+    Effect.catchAllCause((cause) => Effect.logWarning("heartbeat failed", { cause: Cause.pretty(cause) })),
     Effect.repeat(Schedule.spaced(config.heartbeatInterval))
   )
 
@@ -144,17 +151,19 @@ export const make = Effect.gen(function*() {
       for (const id of records.keys()) if (nodeKey(id) === key) records.delete(id)
       return
     }
-    try {
-      const record = JSON.parse(new TextDecoder().decode(value)) as NodeRecord
-      if (record.id === self.id && record.incarnation === self.incarnation) lastOwnEcho = performance.now()
-      // An older incarnation's late write must not replace our own fresher record.
-      const existing = records.get(record.id)
-      if (existing === undefined || existing.heartbeatAt <= record.heartbeatAt || existing.incarnation !== record.incarnation) {
-        records.set(record.id, record)
-      }
-    } catch (error) {
-      // A foreign or corrupt record is ignored, not fatal: log it once per occurrence.
-      console.warn(JSON.stringify({ level: "WARN", message: "bad membership record", key, error: String(error) }))
+    // A foreign or corrupt record is ignored, not fatal (one without an id would have
+    // broken every later view): log it once per occurrence.
+    const decoded = decodeNodeRecord(new TextDecoder().decode(value))
+    if (Either.isLeft(decoded)) {
+      console.warn(JSON.stringify({ level: "WARN", message: "bad membership record", key, error: decoded.left.message.slice(0, 500) }))
+      return
+    }
+    const record = decoded.right
+    if (record.id === self.id && record.incarnation === self.incarnation) lastOwnEcho = performance.now()
+    // An older incarnation's late write must not replace our own fresher record.
+    const existing = records.get(record.id)
+    if (existing === undefined || existing.heartbeatAt <= record.heartbeatAt || existing.incarnation !== record.incarnation) {
+      records.set(record.id, record)
     }
   }
 
@@ -178,12 +187,15 @@ export const make = Effect.gen(function*() {
     ).pipe(Effect.ensuring(Effect.sync(() => iterator.stop())))
   })
   const watchLoop = watchOnce.pipe(
-    Effect.catchAll((error) => Effect.logWarning("membership watch restarting", { error: String(error) })),
+    Effect.catchAllCause((cause) => Effect.logWarning("membership watch restarting", { cause: Cause.pretty(cause) })),
     Effect.zipRight(Effect.sleep("200 millis")),
     Effect.forever
   )
 
-  const publishLoop = publish.pipe(Effect.repeat(Schedule.spaced("100 millis")))
+  const publishLoop = publish.pipe(
+    Effect.catchAllCause((cause) => Effect.logError("membership view not derived", { cause: Cause.pretty(cause) })),
+    Effect.repeat(Schedule.spaced("100 millis"))
+  )
 
   yield* Effect.forkScoped(heartbeatLoop)
   yield* Effect.forkScoped(watchLoop)

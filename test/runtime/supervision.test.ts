@@ -196,6 +196,24 @@ describe("supervision", () => {
     expect(await send((c) => c.send(Faulty, "d", new Touch()))).toMatchObject({ _tag: "Success" })
   })
 
+  it("a malformed record in the membership bucket is ignored: the node's view stays fresh and it keeps serving", async () => {
+    const put = (key: string, value: string) =>
+      runtime.runPromise(Effect.flatMap(Nats.Nats, (nats) => nats.call("put", () => nats.nodes.put(key, value))))
+    // Live-looking but without an id (it once broke every later view: sorting by id), and not JSON at all.
+    await put("no-id", JSON.stringify({ incarnation: "x", url: "http://x", weight: 1, state: "up", heartbeatAt: Date.now(), startedAt: 0, stats: {} }))
+    await put("not-json", "{")
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1_500))
+      const view = await runtime.runPromise(Effect.flatMap(Sharding.Sharding, (sharding) => sharding.view))
+      expect(view.live.map((n) => n.id)).toEqual(["solo"])
+      // Still derived every 100 ms from heartbeats every 250 ms: not frozen at the put.
+      expect(Date.now() - view.nodes.get("solo")!.heartbeatAt).toBeLessThan(1_000)
+      expect(await send((c) => c.send(Faulty, "m", new Touch()))).toMatchObject({ _tag: "Success" })
+    } finally {
+      await runtime.runPromise(Effect.flatMap(Nats.Nats, (nats) => nats.call("delete", () => Promise.all([nats.nodes.delete("no-id"), nats.nodes.delete("not-json")]))))
+    }
+  })
+
   it("a request to a shard this process serves is answered in process, not through NATS", async () => {
     const published = () => runtime.runPromise(Effect.map(Nats.Nats, (nats) => nats.nc.stats().outMsgs))
     const before = await published()
