@@ -171,7 +171,10 @@ export const make = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
         )
       })
 
+    /** The last reconcile left shards it should serve unheld (their leases not yet free). */
+    let waiting = false
     const reconcile = Effect.gen(function*() {
+      waiting = false
       if (!(yield* membership.leaseValid)) {
         if (held.size > 0) {
           yield* Effect.logWarning("own heartbeat is stale: stopping every shard", { shards: held.size })
@@ -188,6 +191,7 @@ export const make = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
       const before = held.size
       yield* Effect.forEach(toRelease, (shard) => guarded(shard, stopShard(shard, true, "released")), { concurrency: 16, discard: true })
       yield* Effect.forEach(toAcquire, (shard) => guarded(shard, acquire(shard)), { concurrency: 16, discard: true })
+      waiting = [...desired].some((s) => !held.has(s))
       if (held.size !== before || toRelease.length > 0) {
         yield* Effect.logInfo("shards rebalanced", {
           held: held.size,
@@ -199,10 +203,11 @@ export const make = (behaviours: ReadonlyArray<RunnableBehaviour>) =>
       }
     })
 
-    // Reconcile on kicks, membership changes and lease changes, and at least every 250 ms.
+    // Reconcile on kicks, membership changes and lease changes, and at least every 250 ms;
+    // every 100 ms while shards wait for their leases (a failover's last step: the
+    // sooner a freed lease is seen, the sooner its shard is served again).
     yield* Effect.forkScoped(
-      Queue.take(kicks).pipe(
-        Effect.timeout("250 millis"),
+      Effect.suspend(() => Queue.take(kicks).pipe(Effect.timeout(waiting ? "100 millis" : "250 millis"))).pipe(
         Effect.ignore,
         Effect.zipRight(reconcile),
         Effect.catchAllCause((cause) => Effect.logError("reconcile failed", { cause: String(cause) })),
