@@ -173,14 +173,27 @@ describe("presence", () => {
     const remote = owners[shard] === cluster.nodes[0]!.id ? 1 : 0
     const sniffer = await sniffReports()
     try {
-      // Quiet: that gateway sends the shard nothing for two intervals (nobody of it is there).
-      await sleep(2 * REPORT_MS)
-      expect(sniffer.seen.filter((r) => r.to === actor)).toEqual([])
+      const heardSoFar = () => sniffer.seen.filter((r) => r.to === actor).length
+      // First the user is there, and leaves: the gateway has reported to the shard (so
+      // no full report is owed from start-up), then sends it one empty report and goes
+      // quiet: nothing for two intervals.
+      const before = await socketOf("quiet1", remote)
+      await eventually(async () => sniffer.seen.some((r) => r.to === actor && r.users.some((u) => u.user === quiet.id && u.connections === 1)), OFFLINE_BOUND_MS, "quiet1 reported")
+      before.close()
+      const deadline = Date.now() + OFFLINE_BOUND_MS
+      let heard = heardSoFar()
+      for (;;) {
+        await sleep(2 * REPORT_MS)
+        if (heardSoFar() === heard) break
+        heard = heardSoFar()
+        if (Date.now() > deadline) throw new Error(`the gateway kept reporting to ${actor} with nobody there`)
+      }
+      // The user comes back to the quiet gateway.
       await socketOf("quiet1", remote)
-      await eventually(async () => sniffer.seen.some((r) => r.to === actor), OFFLINE_BOUND_MS, "a report of quiet1")
+      await eventually(async () => heardSoFar() > heard, OFFLINE_BOUND_MS, "a report of quiet1")
       // A change alone would leave the actor counting the gateway from its last full
       // report, long ago: it could forget it, and the user, before the next interval.
-      const first = sniffer.seen.find((r) => r.to === actor)!
+      const first = sniffer.seen.filter((r) => r.to === actor)[heard]!
       expect(first.full).toBe(true)
       expect(first.users).toEqual([expect.objectContaining({ user: quiet.id, connections: 1 })])
     } finally {
