@@ -188,17 +188,16 @@ describe("bad input", () => {
         for (const f of frames) ws.send(f)
         // A last ping: its pong says every frame before it was handled (or the socket closes).
         ws.send(JSON.stringify({ id: "last", type: "ping" }))
+        let check: NodeJS.Timeout | undefined
         const outcome = await Promise.race([
           closed.then((code) => ({ closed: code })),
           new Promise<{ pong: true }>((resolve) => {
-            const check = setInterval(() => {
-              if (received.some((r) => r.includes("\"reply_to\":\"last\""))) {
-                clearInterval(check)
-                resolve({ pong: true })
-              }
+            check = setInterval(() => {
+              if (received.some((r) => r.includes("\"reply_to\":\"last\""))) resolve({ pong: true })
             }, 10)
           })
         ])
+        clearInterval(check)
         ws.terminate()
         for (const r of received) expect(r, JSON.stringify(frames).slice(0, 500)).not.toContain("internal_error")
         // Closed only with a code that says why: a protocol error (1002, 1003, 1007, 1008, 1009) or Chorus's own (4000+).
