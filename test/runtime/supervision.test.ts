@@ -130,9 +130,12 @@ const startSolo = async (bounds: { readonly mailboxCapacity: number; readonly ma
     runtime,
     send: <A>(effect: (client: ShardingClient["Type"]) => Effect.Effect<A, unknown>) => runtime.runPromiseExit(Effect.flatMap(ShardingClient, effect)),
     stop: async () => {
-      await runtime.dispose()
-      await deleteNatsFootprint(natsUrl(), cluster)
-      await db.drop()
+      try {
+        await runtime.dispose()
+      } finally {
+        await deleteNatsFootprint(natsUrl(), cluster)
+        await db.drop()
+      }
     }
   }
 }
