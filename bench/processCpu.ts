@@ -24,22 +24,27 @@ export const pidsOf = (name: string): Array<number> => {
   }
 }
 
-/** Each process's CPU seconds now, to measure from (`cpuSince`). */
-export const cpuSnapshot = (pids: ReadonlyArray<number>): ReadonlyMap<number, number> => new Map(pids.map((pid) => [pid, cpuSecondsOf(pid)]))
+/** Each process's reading of a per-process counter now, to measure from (`since`). */
+const snapshot = (read: (pid: number) => number) => (pids: ReadonlyArray<number>): ReadonlyMap<number, number> =>
+  new Map(pids.map((pid) => [pid, read(pid)]))
 
 /**
- * CPU seconds `pids` used since `before`: a process seen then counts its difference, one
- * started since counts all it used. One that exited in between took its figures with it:
- * an undercount, never a wrong sign (summing totals before and after would subtract an
- * exited PostgreSQL backend's whole life).
+ * How much of a counter `pids` used since `before`: a process seen then counts its
+ * difference, one started since counts all it used. One that exited in between took its
+ * figures with it: an undercount, never a wrong sign (summing totals before and after
+ * would subtract an exited PostgreSQL backend's whole life).
  */
-export const cpuSince = (before: ReadonlyMap<number, number>, pids: ReadonlyArray<number>): number =>
-  pids.reduce((sum, pid) => sum + Math.max(0, cpuSecondsOf(pid) - (before.get(pid) ?? 0)), 0)
+const since = (read: (pid: number) => number) => (before: ReadonlyMap<number, number>, pids: ReadonlyArray<number>): number =>
+  pids.reduce((sum, pid) => sum + Math.max(0, read(pid) - (before.get(pid) ?? 0)), 0)
+
+/** CPU seconds: a snapshot, and what was used since it. */
+export const cpuSnapshot = snapshot(cpuSecondsOf)
+export const cpuSince = since(cpuSecondsOf)
 
 /**
  * Times a process's threads went to sleep and were woken again (voluntary context
- * switches, summed over its threads): on a VM where a wake-up costs hundreds of µs,
- * wake-ups per unit of work explain CPU per unit of work. 0 once it is gone.
+ * switches, summed over its threads): on a VM where a wake-up is dear, wake-ups per
+ * unit of work go with CPU per unit of work. 0 once it is gone.
  */
 export const wakesOf = (pid: number): number => {
   try {
@@ -54,9 +59,6 @@ export const wakesOf = (pid: number): number => {
   }
 }
 
-/** Each process's wake-ups now, to count from (`wakesSince`). */
-export const wakesSnapshot = (pids: ReadonlyArray<number>): ReadonlyMap<number, number> => new Map(pids.map((pid) => [pid, wakesOf(pid)]))
-
-/** Wake-ups of `pids` since `before` (as `cpuSince`: a new process counts all, an exited one nothing). */
-export const wakesSince = (before: ReadonlyMap<number, number>, pids: ReadonlyArray<number>): number =>
-  pids.reduce((sum, pid) => sum + Math.max(0, wakesOf(pid) - (before.get(pid) ?? 0)), 0)
+/** Wake-ups: a snapshot, and how many since it. */
+export const wakesSnapshot = snapshot(wakesOf)
+export const wakesSince = since(wakesOf)

@@ -93,7 +93,7 @@ try {
   const cpuPerCommand = (before: Cpu, commands: number) => {
     const after = cpuNow()
     const us = (s: number) => commands > 0 ? (s * 1e6) / commands : NaN
-    return { nodes: us(after.nodes - before.nodes), services: us(cpuSince(before.services, [...after.services.keys()])), generator: us(after.generator - before.generator) }
+    return { nodes: us(after.nodes - before.nodes), services: us(cpuSince(before.services, servicePids())), generator: us(after.generator - before.generator) }
   }
   // The generator's own GC pauses, to tell how much of a fixed-rate phase's tail is
   // this process's (a request in flight during one of its pauses waits it out).

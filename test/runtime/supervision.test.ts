@@ -210,14 +210,15 @@ describe("supervision", () => {
       const stored = async () =>
         JSON.parse((await runtime.runPromise(Effect.flatMap(Nats.Nats, (nats) => nats.call("get", () => nats.nodes.get("solo")))))!.string()) as { heartbeatAt: number }
       const after = Date.now()
+      const deadline = Date.now() + 10_000
       let beat = await stored()
-      while (beat.heartbeatAt <= after) {
+      while (beat.heartbeatAt <= after && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 50))
         beat = await stored()
       }
+      expect(beat.heartbeatAt).toBeGreaterThan(after)
       // …reaches its view (a view frozen at the put never shows it).
       const view = () => runtime.runPromise(Effect.flatMap(Sharding.Sharding, (sharding) => sharding.view))
-      const deadline = Date.now() + 10_000
       while ((await view()).nodes.get("solo")!.heartbeatAt < beat.heartbeatAt && Date.now() < deadline) {
         await new Promise((resolve) => setTimeout(resolve, 50))
       }
