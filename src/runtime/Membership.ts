@@ -168,12 +168,14 @@ export const make = Effect.gen(function*() {
   }
 
   // The watcher is an ordered consumer; if it ever stops delivering (our own
-  // heartbeats no longer echo back), it is recreated.
+  // heartbeats no longer echo back), it is recreated. nats.js would notice only after
+  // two missed idle heartbeats, 60 s. `raceFirst`: the staleness check ends the race by
+  // failing (`race` would wait on for a success from the silent watch).
   const watchOnce = Effect.gen(function*() {
     const iterator = yield* nats.call("membership watch", () => nats.nodes.watch())
     lastOwnEcho = performance.now()
     const staleAfter = Math.max(4 * Duration.toMillis(config.heartbeatInterval), failureMs)
-    yield* Effect.race(
+    yield* Effect.raceFirst(
       Effect.tryPromise({
         try: async () => {
           for await (const entry of iterator) apply(entry.key, entry.operation, entry.value)

@@ -5,7 +5,7 @@
  * and each node applies the ones naming it. A weight persists across
  * restarts; a drain names the node's incarnation, so a restarted node starts up.
  */
-import { Effect, Schedule } from "effect"
+import { Effect, Queue, Runtime, Schedule } from "effect"
 import { Nats } from "../transport/Nats.ts"
 import { Membership } from "./Membership.ts"
 import { Sharding } from "./Sharding.ts"
@@ -47,29 +47,19 @@ export const run = Effect.gen(function*() {
   yield* Effect.gen(function*() {
     const iterator = yield* nats.call("config watch", () => nats.runtimeConfig.watch({ key: `*.${token(me.id)}` }))
     yield* Effect.addFinalizer(() => Effect.sync(() => iterator.stop()))
-    const queue: Array<{ key: string; value: Uint8Array }> = []
-    let wake: (() => void) | undefined
-    yield* Effect.fork(nats.call("config watch loop", async () => {
+    // Entries are applied one at a time, in order; the reader waits while the queue is full.
+    const queue = yield* Queue.bounded<{ readonly key: string; readonly value: Uint8Array }>(64)
+    const runtime = yield* Effect.runtime<never>()
+    const read = nats.call("config watch loop", async () => {
       for await (const entry of iterator) {
-        if (entry.operation === "PUT") {
-          queue.push({ key: entry.key, value: entry.value })
-          wake?.()
-        }
+        if (entry.operation === "PUT") await Runtime.runPromise(runtime)(Queue.offer(queue, { key: entry.key, value: entry.value }))
       }
-    }))
-    while (true) {
-      const next = queue.shift()
-      if (next === undefined) {
-        yield* Effect.async<void>((resume) => {
-          wake = () => {
-            wake = undefined
-            resume(Effect.void)
-          }
-        })
-        continue
-      }
-      yield* apply(next.key, next.value)
-    }
+    })
+    const applyAll = Queue.take(queue).pipe(Effect.flatMap((entry) => apply(entry.key, entry.value)), Effect.forever)
+    // The watch can end by itself (its consumer gone, the connection closed): then the
+    // whole thing starts over rather than wait on an empty queue forever.
+    yield* Effect.raceFirst(read, applyAll)
+    yield* Effect.logWarning("config watch ended; watching again")
   }).pipe(
     Effect.scoped,
     Effect.catchAll((e) => Effect.logWarning("config watch ended", { error: e.message })),

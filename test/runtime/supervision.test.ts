@@ -230,6 +230,25 @@ describe("supervision", () => {
     }
   })
 
+  it("a membership watch that stops delivering is recreated: the node's view stays fresh", async () => {
+    const nats = await runtime.runPromise(Nats.Nats)
+    const view = () => runtime.runPromise(Effect.flatMap(Sharding.Sharding, (sharding) => sharding.view))
+    // The watch is an ordered consumer on the bucket's stream. Deleted under it, it goes
+    // silent: nats.js notices only after two missed idle heartbeats (60 s).
+    const stream = `KV_${nats.names.nodesBucket}`
+    const consumers = await nats.jsm.consumers.list(stream).next()
+    expect(consumers.length).toBeGreaterThan(0)
+    const deletedAt = Date.now()
+    for (const consumer of consumers) await nats.jsm.consumers.delete(stream, consumer.name)
+    const deadline = deletedAt + 15_000
+    while ((await view()).nodes.get("solo")!.heartbeatAt < deletedAt + 2_000 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    expect((await view()).nodes.get("solo")!.heartbeatAt).toBeGreaterThanOrEqual(deletedAt + 2_000)
+    expect(logged.some((l) => l.message.includes("membership watch restarting"))).toBe(true)
+    expect((await view()).live.map((n) => n.id)).toEqual(["solo"])
+  })
+
   it("a request to a shard this process serves is answered in process, not through NATS", async () => {
     const published = () => runtime.runPromise(Effect.map(Nats.Nats, (nats) => nats.nc.stats().outMsgs))
     const before = await published()
