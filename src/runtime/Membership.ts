@@ -8,7 +8,7 @@
  * The same heartbeat renews all of this node's shard leases (see ShardLeases): the
  * node holds its leases while `leaseValid` is true.
  */
-import { Cause, Context, Duration, Effect, Either, Layer, Ref, Schedule, Schema, SubscriptionRef } from "effect"
+import { Cause, Context, Duration, Effect, Either, Layer, Ref, Runtime, Schedule, Schema, SubscriptionRef } from "effect"
 import type { Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { performance } from "node:perf_hooks"
@@ -82,6 +82,7 @@ export const make = Effect.gen(function*() {
   const validMs = failureMs - Duration.toMillis(config.leaseSafetyMargin)
   const self = { id: config.nodeId, incarnation: randomUUID() }
   const startedAt = Date.now()
+  const runtime = yield* Effect.runtime<never>()
 
   const own = yield* Ref.make({ state: "up" as NodeState, weight: config.weight, stats: { shards: 0, actors: 0, messagesPerSecond: 0 } })
   // Monotonic time at which the last successful heartbeat was sent (-Infinity: never).
@@ -155,7 +156,7 @@ export const make = Effect.gen(function*() {
     // broken every later view): log it once per occurrence.
     const decoded = decodeNodeRecord(new TextDecoder().decode(value))
     if (Either.isLeft(decoded)) {
-      console.warn(JSON.stringify({ level: "WARN", message: "bad membership record", key, error: decoded.left.message.slice(0, 500) }))
+      Runtime.runFork(runtime)(Effect.logWarning("bad membership record", { key, error: decoded.left.message.slice(0, 500) }))
       return
     }
     const record = decoded.right

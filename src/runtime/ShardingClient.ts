@@ -223,10 +223,10 @@ export const make = (metrics?: RuntimeMetricsShape) =>
       const data = Envelope.encodeRequest({ id: commandId, to: String(address), msg, reply: `${inbox}.${token}`, t: sentAt })
       const { duplicate } = yield* publishDurable(address, data, commandId, started)
       if (duplicate) {
-      // A retry of a command the stream already has: its reply goes to the first
-      // sender. Ask the owner directly; the handler is idempotent on the id, so
-      // this answers with the command's outcome without applying it twice.
-      return yield* sendVolatile(entity, address, message, commandId, sentAt)
+        // A retry of a command the stream already has: its reply goes to the first
+        // sender. Ask the owner directly; the handler is idempotent on the id, so
+        // this answers with the command's outcome without applying it twice.
+        return yield* sendVolatile(entity, address, message, commandId, sentAt)
       }
       // The reply may be lost (sent while this client was disconnected). After
       // each requestTimeout without one, publish again: the stream reports the
@@ -236,16 +236,16 @@ export const make = (metrics?: RuntimeMetricsShape) =>
       let reply: Envelope.ReplyEnvelope | undefined
       let wait = timeoutMs
       while (reply === undefined) {
-      const remaining = deadlineMs - (performance.now() - started)
-      if (remaining <= 0) {
-        return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(performance.now() - started) })
-      }
-      reply = yield* answer.take(Math.min(remaining, wait))
-      wait *= 2
-      if (reply === undefined && deadlineMs - (performance.now() - started) > 0) {
-        const again = yield* publishDurable(address, data, commandId, started)
-        if (again.duplicate) return yield* sendVolatile(entity, address, message, commandId, sentAt)
-      }
+        const remaining = deadlineMs - (performance.now() - started)
+        if (remaining <= 0) {
+          return yield* new DeliveryTimeout({ address: String(address), commandId, waitedMs: Math.round(performance.now() - started) })
+        }
+        reply = yield* answer.take(Math.min(remaining, wait))
+        wait *= 2
+        if (reply === undefined && deadlineMs - (performance.now() - started) > 0) {
+          const again = yield* publishDurable(address, data, commandId, started)
+          if (again.duplicate) return yield* sendVolatile(entity, address, message, commandId, sentAt)
+        }
       }
       const result = yield* decodeAnswer(String(address), message, reply)
       if (Option.isNone(result)) return yield* Effect.die(new Error("unreachable: retry answer for a durable command"))

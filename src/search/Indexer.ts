@@ -38,15 +38,18 @@ const ackWaitMs = 30_000
 
 const decoder = new TextDecoder()
 
-/** The index writes of one stream message; nothing for what is not a channel event. */
-export const opsOfMessage = (data: Uint8Array): ReadonlyArray<IndexOp> => {
+/** The index writes of one stream message; `undefined` when it is not a channel event at all. */
+export const opsOfMessage = (data: Uint8Array): ReadonlyArray<IndexOp> | undefined => {
+  let event: unknown
   try {
-    const event = JSON.parse(decoder.decode(data)) as ChannelEvent
-    if (typeof event !== "object" || event === null || typeof event.channel !== "string" || typeof event.seq !== "number") return []
-    return opsOfEvent(event)
+    event = JSON.parse(decoder.decode(data))
   } catch {
-    return []
+    return undefined
   }
+  if (typeof event !== "object" || event === null) return undefined
+  const { channel, seq } = event as Partial<ChannelEvent>
+  if (typeof channel !== "string" || typeof seq !== "number") return undefined
+  return opsOfEvent(event as ChannelEvent)
 }
 
 export const run = Effect.gen(function*() {
@@ -102,7 +105,14 @@ export const run = Effect.gen(function*() {
     const first = yield* Queue.take(queue)
     if ((yield* Queue.size(queue)) < batch - 1) yield* Effect.sleep(delay)
     const messages = [first, ...(yield* Queue.takeUpTo(queue, batch - 1))]
-    yield* write(messages.flatMap((m) => opsOfMessage(m.data)))
+    const ops: Array<IndexOp> = []
+    for (const m of messages) {
+      const of = opsOfMessage(m.data)
+      // Acked with the rest: a message that is no event will not become one on redelivery.
+      if (of === undefined) yield* Effect.logWarning("search indexer: not a channel event; skipped", { subject: m.subject, streamSeq: m.seq })
+      else ops.push(...of)
+    }
+    yield* write(ops)
     for (const m of messages) m.ack()
   }).pipe(Effect.forever)
 

@@ -224,6 +224,7 @@ describe("supervision", () => {
       }
       expect((await view()).nodes.get("solo")!.heartbeatAt).toBeGreaterThanOrEqual(beat.heartbeatAt)
       expect((await view()).live.map((n) => n.id)).toEqual(["solo"])
+      expect(logged.filter((l) => l.message.includes("bad membership record")).length).toBeGreaterThanOrEqual(2)
       expect(await send((c) => c.send(Faulty, "m", new Touch()))).toMatchObject({ _tag: "Success" })
     } finally {
       await runtime.runPromise(Effect.flatMap(Nats.Nats, (nats) => nats.call("delete", () => Promise.all([nats.nodes.delete("no-id"), nats.nodes.delete("not-json")]))))
