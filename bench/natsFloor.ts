@@ -9,7 +9,9 @@
  * `--durable`: the durable path's floor instead. A work-queue stream on file storage and
  * a pull consumer per shard (as Nats.ts and ShardRunner.ts configure them); the
  * generator publishes each command with a `Nats-Msg-Id` and waits for the stream's ack
- * and the responder's reply, and the responder acks each command and answers it.
+ * and the responder's reply, and the responder acks each command and answers it. The
+ * stream's ack is also timed on its own: what a sender waits for before anything is
+ * delivered, so no design that stores a command in JetStream first can answer sooner.
  *
  * Usage: npm run bench:floor [-- --rate 5000 --seconds 8 --rounds 3 --responder-burn-us 0 --generator-burn-us 0 --effect --durable]
  * Prints one line per round, then one JSON line (the median round by p99).
@@ -92,9 +94,18 @@ try {
   await Promise.all(responders.map((r) => new Promise((resolve) => r.stdout!.once("data", resolve))))
   const inbox = createInbox()
   const pending = new Map<string, () => void>()
+  /** Durable: when each command in flight was due, to time the stream's ack on its own. */
+  const dueAtOf = new Map<string, number>()
+  let storeAcks: Array<number> = []
   nc.subscribe(`${inbox}.*`, { callback: (error, msg) => {
+    if (error !== null) return
     // Durable: `<token>a` is the stream's ack, `<token>` the reply; both are awaited.
-    if (error === null) pending.get(msg.subject.slice(inbox.length + 1).replace(/a$/, ""))?.()
+    const suffix = msg.subject.slice(inbox.length + 1)
+    if (suffix.endsWith("a")) {
+      const dueAt = dueAtOf.get(suffix.slice(0, -1))
+      if (dueAt !== undefined) storeAcks.push(performance.now() - dueAt)
+    }
+    pending.get(suffix.replace(/a$/, ""))?.()
   } })
   const payload = new TextEncoder().encode(JSON.stringify({ id: randomUUID(), to: "counter/floor", msg: { _tag: "Get" }, t: Date.now() }))
   const headers = natsHeaders()
@@ -121,9 +132,11 @@ try {
         const t = String(token++)
         outstanding++
         let awaiting = durable ? 2 : 1
+        if (durable) dueAtOf.set(t, dueAt)
         pending.set(t, () => {
           if (--awaiting > 0) return
           pending.delete(t)
+          dueAtOf.delete(t)
           latencies.push(performance.now() - dueAt)
           if (--outstanding === 0) drained?.()
         })
@@ -141,9 +154,13 @@ try {
     if (outstanding > 0) await new Promise<void>((resolve) => (drained = resolve))
     const generator = process.cpuUsage(generatorBefore)
     const n = latencies.length
+    const acks = storeAcks
+    storeAcks = []
     return {
       p50_ms: percentile(latencies, 50),
       p99_ms: percentile(latencies, 99),
+      store_ack_p50_ms: durable ? percentile(acks, 50) : undefined,
+      store_ack_p99_ms: durable ? percentile(acks, 99) : undefined,
       responders_cpu_us_per_req: (responders.reduce((sum, r, i) => sum + cpuSecondsOf(r.pid!) - before[i]!, 0) * 1e6) / n,
       // Every nats-server on the machine: the shared one serves other work too, if any.
       nats_cpu_us_per_req: (natsPids.reduce((sum, pid, i) => sum + cpuSecondsOf(pid) - natsBefore[i]!, 0) * 1e6) / n,
@@ -155,7 +172,8 @@ try {
   for (let i = 0; i < Number(values.rounds); i++) {
     const r = await round()
     results.push(r)
-    console.log(`round ${i + 1}: p50 ${r.p50_ms.toFixed(2)} ms, p99 ${r.p99_ms.toFixed(2)} ms, responders ${r.responders_cpu_us_per_req.toFixed(0)} µs/req, NATS ${r.nats_cpu_us_per_req.toFixed(0)} µs/req, generator ${r.generator_cpu_us_per_req.toFixed(0)} µs/req`)
+    const storeAck = r.store_ack_p99_ms === undefined ? "" : ` (the stream's ack alone: p50 ${r.store_ack_p50_ms!.toFixed(2)} ms, p99 ${r.store_ack_p99_ms.toFixed(2)} ms)`
+    console.log(`round ${i + 1}: p50 ${r.p50_ms.toFixed(2)} ms, p99 ${r.p99_ms.toFixed(2)} ms${storeAck}, responders ${r.responders_cpu_us_per_req.toFixed(0)} µs/req, NATS ${r.nats_cpu_us_per_req.toFixed(0)} µs/req, generator ${r.generator_cpu_us_per_req.toFixed(0)} µs/req`)
   }
   const median = [...results].sort((a, b) => a.p99_ms - b.p99_ms)[Math.floor(results.length / 2)]!
   const round2 = (x: number) => Math.round(x * 100) / 100
@@ -169,6 +187,7 @@ try {
     p50_ms: round2(median.p50_ms),
     p99_ms: round2(median.p99_ms),
     p99_ms_rounds: results.map((r) => round2(r.p99_ms)),
+    ...(durable ? { store_ack_p99_ms_rounds: results.map((r) => round2(r.store_ack_p99_ms!)) } : {}),
     responders_cpu_us_per_req: round2(median.responders_cpu_us_per_req),
     nats_cpu_us_per_req: round2(median.nats_cpu_us_per_req),
     generator_cpu_us_per_req: round2(median.generator_cpu_us_per_req)
