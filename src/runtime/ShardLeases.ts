@@ -8,7 +8,6 @@
  * heartbeat is older than the failure timeout minus a safety margin; others take the
  * lease only once that heartbeat is older than the full failure timeout.
  */
-import type { KV } from "@nats-io/kv"
 import { Data, Effect, Option } from "effect"
 import type { NatsError } from "../transport/Nats.ts"
 import { Nats } from "../transport/Nats.ts"
@@ -65,23 +64,19 @@ export const read = (shard: number): Effect.Effect<Option.Option<Lease>, NatsErr
     return Option.some(decode(shard, entry.value, entry.revision))
   })
 
-export const readAll = (kv: KV) =>
-  Effect.gen(function*() {
-    const nats = yield* Nats
-    const leases = new Map<number, Lease>()
-    const keys = yield* nats.call("lease keys", async () => {
-      const out: Array<string> = []
-      for await (const k of await kv.keys()) out.push(k)
-      return out
+/**
+ * Every shard's lease, read key by key. Not through `kv.keys()`: its listing ends on the
+ * last pending entry, and while leases change under it (a rebalance) it can miss that
+ * and wait for the next idle heartbeat — 30 s for an operator's `cluster.status`.
+ */
+export const readAll = (shards: number) =>
+  Effect.forEach(Array.from({ length: shards }, (_, shard) => shard), (shard) => read(shard), { concurrency: 32 }).pipe(
+    Effect.map((all) => {
+      const leases = new Map<number, Lease>()
+      for (const lease of all) if (Option.isSome(lease)) leases.set(lease.value.shard, lease.value)
+      return leases
     })
-    for (const k of keys) {
-      const shard = shardOfKey(k)
-      if (Option.isNone(shard)) continue
-      const lease = yield* read(shard.value)
-      if (Option.isSome(lease)) leases.set(shard.value, lease.value)
-    }
-    return leases
-  })
+  )
 
 /**
  * Takes the lease for `holder` if `canTake(current)` allows (free, released, or held by

@@ -37,7 +37,7 @@ export const make = Effect.gen(function*() {
   const natsFailure = (e: { message: string }) =>
     Effect.logError("cluster method: NATS failed", { error: e.message }).pipe(Effect.zipRight(Effect.fail(new ApiError({ code: "service_unavailable", status: 503 }))))
 
-  const leases = ShardLeases.readAll(nats.leases).pipe(Effect.provideService(Nats, nats), Effect.catchAll(natsFailure))
+  const leases = ShardLeases.readAll(config.shards).pipe(Effect.provideService(Nats, nats), Effect.catchAll(natsFailure))
 
   const status: ApiHandler = () =>
     Effect.gen(function*() {

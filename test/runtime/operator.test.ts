@@ -13,6 +13,7 @@ import { makeNames } from "../../src/transport/Nats.ts"
 import type { ChorusCluster } from "../support/cluster.ts"
 import { postApi } from "../support/http.ts"
 import type { RuntimeClient } from "../support/runtime.ts"
+import type { ClusterStatus } from "../support/runtime.ts"
 import { clusterStatus, counterPerShard, ringOwners, waitConverged } from "../support/runtime.ts"
 import { natsUrl } from "../support/services.ts"
 import type { ProbeCluster } from "./commandStream.ts"
@@ -47,17 +48,33 @@ const leaseHolders = async (): Promise<ReadonlyArray<string | null>> => {
   }
 }
 
+/** `cluster.status` from `url` once it shows node-1 with `weight` and the cluster converged. */
+const convergedWithWeight = async (url: string, weight: number): Promise<ClusterStatus> => {
+  const deadline = Date.now() + 30_000
+  let status = await clusterStatus(url, cluster.operatorToken)
+  while (!(status.converged && status.nodes.find((n) => n.id === "node-1")?.weight === weight && status.nodes.every((n) => n.state === "up")) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    status = await clusterStatus(url, cluster.operatorToken)
+  }
+  expect(status).toMatchObject({ converged: true, shards_unheld: 0 })
+  expect(status.nodes.find((n) => n.id === "node-1")!.weight).toBe(weight)
+  return status
+}
+
 describe("operator", () => {
   it("cluster.setWeight, asked of any node, gives the node the share of shards its weight says", async () => {
     const token = cluster.operatorToken
     const answer = await postApi(cluster.nodes[2]!.url, "cluster.setWeight", { node: "node-1", weight: 2 }, token)
     expect(answer).toMatchObject({ ok: true, node: "node-1", weight: 2 })
     const expected = Ring.make([{ id: "node-1", weight: 2 }, { id: "node-2", weight: 1 }, { id: "node-3", weight: 1 }], { shards: SHARDS, ...Ring.RingDefaults })
+    const placement = Array.from({ length: SHARDS }, (_, s) => Ring.ownerOf(expected, s))
     const deadline = Date.now() + 30_000
-    while (JSON.stringify(await ringOwners(cluster.nodes[0]!.url, token)) !== JSON.stringify(Array.from({ length: SHARDS }, (_, s) => Ring.ownerOf(expected, s))) && Date.now() < deadline) {
+    while (JSON.stringify(await ringOwners(cluster.nodes[0]!.url, token)) !== JSON.stringify(placement) && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 100))
     }
-    const status = await waitConverged(cluster.nodes[1]!.url, token, ["node-1", "node-2", "node-3"])
+    expect(await ringOwners(cluster.nodes[0]!.url, token)).toEqual(placement)
+    // Each node learns the weight from node-1's heartbeat: ask one until it has.
+    const status = await convergedWithWeight(cluster.nodes[1]!.url, 2)
     const node1 = status.nodes.find((n) => n.id === "node-1")!
     expect(node1).toMatchObject({ weight: 2, shards_assigned: Ring.shardsOf(expected, "node-1").length })
     expect(node1.shards_held / SHARDS).toBeGreaterThan(0.4)
@@ -66,9 +83,8 @@ describe("operator", () => {
     expect(await postApi(cluster.nodes[0]!.url, "cluster.setWeight", { node: "node-1", weight: 0 }, token)).toMatchObject({ ok: false, error: "invalid_arguments" })
     expect(await postApi(cluster.nodes[0]!.url, "cluster.setWeight", { node: "node-9", weight: 1 }, token)).toMatchObject({ ok: false, error: "node_not_found" })
     expect(await postApi(cluster.nodes[0]!.url, "cluster.setWeight", { node: "node-1", weight: 1 }, token)).toMatchObject({ ok: true })
-    await waitConverged(cluster.nodes[0]!.url, token, ["node-1", "node-2", "node-3"])
-    const back = await clusterStatus(cluster.nodes[0]!.url, token)
-    expect(back.nodes.find((n) => n.id === "node-1")).toMatchObject({ weight: 1 })
+    const back = await convergedWithWeight(cluster.nodes[2]!.url, 1)
+    expect(back.nodes.find((n) => n.id === "node-1")!.shards_held).toBe(back.nodes.find((n) => n.id === "node-1")!.shards_assigned)
   })
 
   it("cluster.drain hands every shard of the node over while commands stream; the node stays up and still routes", async () => {

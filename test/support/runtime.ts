@@ -56,6 +56,7 @@ export const counterPerShard = (shards: number, prefix = "k"): ReadonlyArray<str
 export interface NodeStatus {
   readonly id: string
   readonly state: "up" | "draining" | "dead"
+  readonly weight: number
   readonly shards_assigned: number
   readonly shards_held: number
 }
