@@ -29,7 +29,8 @@ export class LeaseTaken extends Data.TaggedError("LeaseTaken")<{
   readonly by: LeaseHolder | undefined
 }> {}
 
-const key = (shard: number) => `shard.${shard}`
+/** The KV key of a shard's lease. */
+export const key = (shard: number) => `shard.${shard}`
 
 interface LeaseRecord {
   readonly node: string | null

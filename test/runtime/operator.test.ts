@@ -9,6 +9,7 @@ import { connect } from "@nats-io/transport-node"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Ring from "../../src/runtime/Ring.ts"
+import * as ShardLeases from "../../src/runtime/ShardLeases.ts"
 import { makeNames } from "../../src/transport/Nats.ts"
 import type { ChorusCluster } from "../support/cluster.ts"
 import { postApi } from "../support/http.ts"
@@ -40,8 +41,8 @@ const leaseHolders = async (): Promise<ReadonlyArray<string | null>> => {
   try {
     const kv = await new Kvm(nc).open(makeNames(cluster.name).leasesBucket)
     return await Promise.all(Array.from({ length: SHARDS }, async (_, shard) => {
-      const entry = await kv.get(`shard.${shard}`)
-      return entry === null || entry.length === 0 ? null : (entry.json<{ node: string | null }>().node)
+      const entry = await kv.get(ShardLeases.key(shard))
+      return entry === null || entry.operation !== "PUT" ? null : ShardLeases.decode(shard, entry.value, entry.revision).holder?.node ?? null
     }))
   } finally {
     await nc.close()
