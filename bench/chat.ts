@@ -20,7 +20,10 @@
  *     and the CPU each side spends per message. Every acknowledged message of the run
  *     is then checked in PostgreSQL (lost).
  *
- * Usage: npm run bench:chat [-- --members 1000 --step 5 --warmup 10 --read-every 10 --channels 200 --seconds 10
+ * `--nodes 1`: a one-node cluster instead of two (not the issue's fan-out setting): no
+ * request crosses between nodes.
+ *
+ * Usage: npm run bench:chat [-- --nodes 2 --members 1000 --step 5 --warmup 10 --read-every 10 --channels 200 --seconds 10
  *                              --ingest-rates 500,1000,1500,2000,2500,3000,4000,5000,7500,10000 --ingest-step 5]
  * Prints tables, then one JSON line.
  */
@@ -52,7 +55,8 @@ const { values } = parseArgs({
     "ingest-step": { type: "string", default: "5" },
     seconds: { type: "string", default: "10" },
     warmup: { type: "string", default: "10" },
-    "read-every": { type: "string", default: "10" }
+    "read-every": { type: "string", default: "10" },
+    nodes: { type: "string", default: "2" }
   }
 })
 const MEMBERS = Number(values.members)
@@ -64,6 +68,8 @@ const INGEST_STEP = Number(values["ingest-step"])
 const SECONDS = Number(values.seconds)
 const WARMUP = Number(values.warmup)
 const READ_EVERY = Number(values["read-every"])
+/** Cluster size: the issue's fan-out is over two nodes; one shows what the hop between them costs. */
+const NODES = Number(values.nodes)
 
 /** The nodes' group-commit histograms (chorus_group_commit_*), summed. */
 const groupCommits = async (urls: ReadonlyArray<string>) => {
@@ -92,7 +98,7 @@ const groupCommits = async (urls: ReadonlyArray<string>) => {
 // ---- cluster and members -----------------------------------------------------
 
 const cluster = await startCluster({
-  nodes: 2,
+  nodes: NODES,
   env: { CHORUS_LOG_LEVEL: "WARN", CHORUS_RATE_LIMITS: "off", CHORUS_SHARDS: "64", CHORUS_DB_POOL: "16", CHORUS_GATEWAY_COALESCE_MS: "25" }
 })
 const nodePids = () => cluster.nodes.map((n) => n.pid!).filter(Boolean)
@@ -103,7 +109,7 @@ const rawSockets: Array<RawSocket> = []
 let readRound: NodeJS.Timeout | undefined
 try {
   const urls = cluster.nodes.map((n) => n.url)
-  await waitConverged(urls[0]!, cluster.operatorToken, ["node-1", "node-2"])
+  await waitConverged(urls[0]!, cluster.operatorToken, Array.from({ length: NODES }, (_, i) => `node-${i + 1}`))
   const { team, users } = await workspace(urls[0]!, [])
   const owner = users["owner"]!
 
@@ -171,7 +177,7 @@ try {
     receivers.push(receiver)
     // The receivers read frames in place (rawSocket.ts): only the fan-out's messages
     // carry "fan <sent at>", and only this channel's reach these members' sockets.
-    const answer = await postApi(urls[i % 2]!, "rtm.connect", {}, members[i]!.token)
+    const answer = await postApi(urls[i % NODES]!, "rtm.connect", {}, members[i]!.token)
     if (!answer.ok) throw new Error(`rtm.connect: ${JSON.stringify(answer)}`)
     let hello: () => void = () => {}
     const helloSeen = new Promise<void>((resolve) => hello = resolve)
@@ -289,9 +295,9 @@ try {
   const ingestChannels: Array<{ id: string; ws: WebSocket; replies: Map<number, (t: string) => void> }> = []
   for (let i = 0; i < CHANNELS; i++) {
     const member = members[i % members.length]!
-    const channel = (await postApi(urls[i % 2]!, "conversations.create", { name: `ingest-${i}` }, member.token))["channel"] as { id: string }
+    const channel = (await postApi(urls[i % NODES]!, "conversations.create", { name: `ingest-${i}` }, member.token))["channel"] as { id: string }
     const pending = new Map<number, (t: string) => void>()
-    const ws = await open(member.token, i % 2, (text) => {
+    const ws = await open(member.token, i % NODES, (text) => {
       const m = /"reply_to":(\d+)/.exec(text)
       if (m !== null) {
         pending.get(Number(m[1]))?.(text)
@@ -444,6 +450,7 @@ try {
   const round = (n: number | undefined) => (n === undefined || Number.isNaN(n) ? null : Math.round(n * 100) / 100)
   console.log(JSON.stringify({
     bench: "chat",
+    nodes: NODES,
     fanout_members: receivers.length,
     fanout_msgs_per_s: best?.rate ?? 0,
     fanout_deliveries_per_s: (best?.rate ?? 0) * receivers.length,
